@@ -1,0 +1,189 @@
+//! The `sailstream` binary as a user runs it: config layering, the demo, store commands, clear errors.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sailstream"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SAILSTREAM") || k == "RUST_LOG" {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn config_show_layers_file_and_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.toml");
+    std::fs::write(
+        &file,
+        "[store]\nhistory_cap = 33\n[kafka]\ngroup_id = \"from-file\"\n",
+    )
+    .unwrap();
+    let out = bin()
+        .args(["--config", file.to_str().unwrap(), "config", "show"])
+        .env("SAILSTREAM__KAFKA__GROUP_ID", "from-env")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let shown: toml::Table = toml::from_str(&stdout).unwrap();
+    assert_eq!(shown["store"]["history_cap"].as_integer(), Some(33));
+    assert_eq!(shown["kafka"]["group_id"].as_str(), Some("from-env"));
+    assert_eq!(shown["store"]["positives_cap"].as_integer(), Some(1000));
+}
+
+#[test]
+fn bad_config_names_the_key_and_exits_2() {
+    let out = bin()
+        .args(["config", "show"])
+        .env("SAILSTREAM__INGEST__BATCH_SIZE", "0")
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr.contains("ingest.batch_size") && stderr.contains("between 1 and"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn demo_replays_the_sample_prints_the_store_and_serves_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("state/store");
+    let port = free_port();
+    let run = || {
+        bin()
+            .arg("demo")
+            .env("SAILSTREAM__STORE__PATH", &store)
+            .env(
+                "SAILSTREAM__OFFLINE_LOG__PATH",
+                dir.path().join("state/log"),
+            )
+            .env("SAILSTREAM__METRICS__LISTEN", format!("127.0.0.1:{port}"))
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    // The sample has 43 item lines (1 stale version, 1 invalid) and 1709 behaviour lines (4 invalid).
+    assert!(stderr.contains("replayed 1752 records"), "{stderr}");
+    assert!(stderr.contains("5 dead-lettered"), "{stderr}");
+    assert!(stderr.contains("1 stale versions ignored"), "{stderr}");
+    assert!(stdout.contains("items                  40"), "{stdout}");
+    assert!(
+        stdout.contains("(extended cut)"),
+        "latest item version wins:\n{stdout}"
+    );
+    assert!(stdout.contains("Dead letters (5 in"), "{stdout}");
+    assert!(
+        stdout.contains("action: unknown variant `teleport`"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("looks like seconds"), "{stdout}");
+    assert!(
+        stdout.contains("sailstream_records_applied_total{topic=\"sail.behaviours\"} 1705"),
+        "metrics endpoint scraped:\n{stdout}"
+    );
+
+    // Running it again applies nothing: positions are stored with the state.
+    let out = run();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("nothing new"), "{stdout}");
+    assert!(stdout.contains("items                  40"), "{stdout}");
+}
+
+#[test]
+fn store_commands_and_the_lock_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let env = |c: &mut Command| {
+        c.env("SAILSTREAM__STORE__PATH", &store)
+            .env("SAILSTREAM__OFFLINE_LOG__PATH", dir.path().join("log"))
+            .env("SAILSTREAM__METRICS__ENABLED", "false");
+    };
+    let mut c = bin();
+    env(&mut c);
+    let out = c
+        .args([
+            "replay",
+            "--file",
+            "pipelines/sample/items.jsonl:sail.items",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+
+    let mut c = bin();
+    env(&mut c);
+    let out = c.args(["store", "item", "v0001"]).output().unwrap();
+    let (stdout, _) = text(&out);
+    assert!(stdout.contains("\"version\": 2"), "{stdout}");
+
+    let cp = dir.path().join("cp");
+    let mut c = bin();
+    env(&mut c);
+    let out = c
+        .args(["store", "checkpoint", cp.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert!(Path::new(&cp).join("CURRENT").exists());
+
+    // While another process holds the store, a writer command fails with a clear message and exit code 2.
+    let held = sailstream::store::Store::open(&store).unwrap();
+    let mut c = bin();
+    env(&mut c);
+    let out = c
+        .args([
+            "store",
+            "checkpoint",
+            dir.path().join("cp2").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("locked by another process"), "{stderr}");
+    // Readers still work beside the writer.
+    let mut c = bin();
+    env(&mut c);
+    let out = c.args(["store", "stats"]).output().unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+    drop(held);
+}
+
+#[test]
+fn doctor_finds_the_installed_parts() {
+    let out = bin().arg("doctor").output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(
+        out.status.success(),
+        "run scripts/setup.sh first\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        stdout.contains("ok    onnx runtime") && stdout.contains("1.31.1"),
+        "{stdout}"
+    );
+}

@@ -1,0 +1,211 @@
+//! Shared test harness: a real Tansu broker (Kafka wire protocol, SQLite storage) per test, on a free loopback
+//! port in its own temp dir, stopped by PID when the handle drops (also when the test panics).
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+pub const SETUP_HINT: &str =
+    "run `scripts/setup.sh` (it builds the Tansu broker with cargo install, ~20 min once)";
+
+/// Where the set-up script installs Tansu; `SAILSTREAM_TANSU` overrides.
+pub fn tansu_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("SAILSTREAM_TANSU") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var_os("HOME").expect("HOME is set");
+    Path::new(&home).join(".local/tansu/bin/tansu")
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind an ephemeral loopback port")
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Broker {
+    child: Option<Child>,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl Broker {
+    /// Starts a broker; panics with the set-up command if the binary is missing (never skips).
+    pub fn start() -> Broker {
+        let dir = tempfile::tempdir().expect("temp dir for the broker");
+        let port = free_port();
+        let mut broker = Broker {
+            child: None,
+            port,
+            dir,
+        };
+        broker.spawn();
+        broker
+    }
+
+    fn spawn(&mut self) {
+        let bin = tansu_binary();
+        assert!(
+            bin.exists(),
+            "Tansu broker binary not found at {}: {SETUP_HINT}",
+            bin.display()
+        );
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("broker.log"))
+            .unwrap();
+        let child = Command::new(&bin)
+            .arg("broker")
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(self.dir.path())
+            .env_remove("STORAGE_ENGINE")
+            .env_remove("LISTENER_URL")
+            .env_remove("ADVERTISED_LISTENER_URL")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+        self.child = Some(child);
+        let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("broker exited early ({status}); log:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "broker did not open port {} in 20 s; log:\n{}",
+                self.port,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default()
+    }
+
+    /// Stops the broker process (data stays in its directory).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and data directory.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub async fn create_topics(&self, topics: &[(&str, i32)]) {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .create()
+            .expect("admin client");
+        let new: Vec<NewTopic> = topics
+            .iter()
+            .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+            .collect();
+        let results = admin
+            .create_topics(
+                &new,
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+            )
+            .await
+            .expect("create_topics request");
+        for r in results {
+            r.unwrap_or_else(|(topic, code)| panic!("creating topic {topic}: {code:?}"));
+        }
+    }
+
+    pub fn producer(&self) -> FutureProducer {
+        ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .set("compression.type", "lz4")
+            .set("linger.ms", "5")
+            .create()
+            .expect("producer")
+    }
+
+    /// Produces (key, payload) pairs to one partition and waits for every acknowledgement.
+    pub async fn produce(
+        &self,
+        producer: &FutureProducer,
+        topic: &str,
+        partition: i32,
+        records: &[(String, Vec<u8>)],
+    ) {
+        let mut pending = Vec::new();
+        for (key, payload) in records {
+            let record = FutureRecord::to(topic)
+                .key(key)
+                .payload(payload)
+                .partition(partition);
+            pending.push(
+                producer
+                    .send_result(record)
+                    .map_err(|(e, _)| e)
+                    .expect("enqueue"),
+            );
+        }
+        for d in pending {
+            d.await
+                .expect("delivery")
+                .map_err(|(e, _)| e)
+                .expect("acknowledged");
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Kafka client settings for sailstream's own config pointing at this broker.
+pub fn config_for(broker: &Broker, group: &str, store: &Path) -> sailstream::Config {
+    let mut c = sailstream::Config::default();
+    c.kafka.brokers = broker.bootstrap();
+    c.kafka.group_id = group.to_string();
+    c.store.path = store.to_path_buf();
+    c.offline_log.path = store.with_extension("log");
+    c.ingest.batch_size = 500;
+    c.ingest.linger_ms = 50;
+    c.validate().expect("test config valid");
+    c
+}

@@ -1,0 +1,140 @@
+//! The online store on a real RocksDB: atomic state + offsets, reopen, checkpoints, lock and format errors.
+
+use sailstream::schema::{Action, IdEmbedding, Item};
+use sailstream::store::{HistoryEntry, ItemStats, Store, cf};
+use sailstream::{Error, Fault};
+
+fn item(id: &str, version: u64) -> Item {
+    serde_json::from_value(serde_json::json!({
+        "item_id": id, "title": format!("title {id} v{version}"), "tags": ["a", "b"],
+        "created_at": 1_700_000_000_000i64, "version": version
+    }))
+    .unwrap()
+}
+
+#[test]
+fn batch_writes_state_and_offsets_together_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    {
+        let store = Store::open(&path).unwrap();
+        let mut b = store.batch();
+        b.put_item(&item("v1", 2)).unwrap();
+        b.put_item_stats(
+            "v1",
+            &ItemStats {
+                events: 3,
+                positives: 1,
+                first_ts: 5,
+                last_ts: 9,
+            },
+        )
+        .unwrap();
+        let h = vec![HistoryEntry {
+            item_id: "v1".into(),
+            action: Action::Like,
+            ts: 7,
+            dwell_ms: 0,
+            rating: None,
+        }];
+        b.put_user_history("u1", &h).unwrap();
+        b.put_user_positives("u1", &h).unwrap();
+        b.put_id_embedding(&IdEmbedding {
+            item_id: "v1".into(),
+            space: "gid".into(),
+            vector: vec![0.5, -1.0],
+            version: 4,
+            ts: 1,
+        })
+        .unwrap();
+        b.set_offset("sail.items", 3, 120).unwrap();
+        b.set_offset("sail.behaviours", 0, 7).unwrap();
+        // Nothing is visible before commit.
+        assert_eq!(store.offset("sail.items", 3).unwrap(), None);
+        assert!(store.item("v1").unwrap().is_none());
+        b.commit().unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.item("v1").unwrap().unwrap(), item("v1", 2));
+    assert_eq!(store.item_stats("v1").unwrap().unwrap().events, 3);
+    assert_eq!(store.user_history("u1").unwrap()[0].action, Action::Like);
+    assert_eq!(store.user_positives("u1").unwrap().len(), 1);
+    assert_eq!(
+        store.id_embedding("v1", "gid").unwrap().unwrap(),
+        (4, 1, vec![0.5, -1.0])
+    );
+    let offsets = store.offsets().unwrap();
+    assert_eq!(offsets.get(&("sail.items".to_string(), 3)), Some(&120));
+    assert_eq!(offsets.get(&("sail.behaviours".to_string(), 0)), Some(&7));
+    let counts: std::collections::HashMap<_, _> = store.key_counts().unwrap().into_iter().collect();
+    assert_eq!(counts[cf::ITEMS], 1);
+    assert_eq!(counts[cf::OFFSETS], 2);
+    assert_eq!(counts[cf::META], 1, "format version");
+}
+
+#[test]
+fn a_second_writer_gets_a_clear_locked_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = Store::open(dir.path()).unwrap();
+    let err = Store::open(dir.path()).unwrap_err();
+    assert!(matches!(err, Error::StoreLocked { .. }), "{err:?}");
+    assert_eq!(err.fault(), Fault::User);
+    assert!(err.to_string().contains("locked"), "{err}");
+    // Readers are not blocked by the writer.
+    Store::open_read_only(dir.path()).unwrap();
+}
+
+#[test]
+fn a_store_from_a_newer_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    Store::open(dir.path())
+        .unwrap()
+        .force_format_version(99)
+        .unwrap();
+    let err = Store::open(dir.path()).unwrap_err();
+    match &err {
+        Error::StoreFormatTooNew {
+            found, supported, ..
+        } => {
+            assert_eq!(*found, 99);
+            assert_eq!(*supported, sailstream::store::FORMAT_VERSION);
+        }
+        other => panic!("expected StoreFormatTooNew, got {other:?}"),
+    }
+    assert!(err.to_string().contains("upgrade"), "{err}");
+}
+
+#[test]
+fn checkpoint_is_a_consistent_openable_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("live")).unwrap();
+    let mut b = store.batch();
+    for i in 0..1000 {
+        b.put_item(&item(&format!("v{i:04}"), 1)).unwrap();
+    }
+    b.set_offset("sail.items", 0, 1000).unwrap();
+    b.commit().unwrap();
+    let dest = dir.path().join("cp");
+    store.checkpoint(&dest).unwrap();
+    // Later writes do not reach the checkpoint.
+    let mut b = store.batch();
+    b.put_item(&item("late", 1)).unwrap();
+    b.set_offset("sail.items", 0, 1001).unwrap();
+    b.commit().unwrap();
+
+    let copy = Store::open_read_only(&dest).unwrap();
+    assert_eq!(copy.ids(cf::ITEMS, 10_000).unwrap().len(), 1000);
+    assert_eq!(copy.offset("sail.items", 0).unwrap(), Some(1000));
+    assert!(copy.item("late").unwrap().is_none());
+    assert!(
+        store.checkpoint(&dest).is_err(),
+        "an existing destination is refused"
+    );
+}
+
+#[test]
+fn read_only_open_of_a_non_store_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = Store::open_read_only(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("not a sailstream store"), "{err}");
+}

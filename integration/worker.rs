@@ -1,0 +1,578 @@
+//! The streaming worker as a real process against a real broker: SIGKILL at several points and restarts end with
+//! state and offline log identical to an independently computed reference; bad records land in the DLQ with the
+//! right reason; the broker going away and coming back loses nothing.
+
+mod harness;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use arrow::array::AsArray;
+use harness::Broker;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use sailstream::schema::DeadLetter;
+use sailstream::store::Store;
+
+const T0: i64 = 1_750_000_000_000;
+
+#[derive(Clone)]
+struct Ev {
+    user: String,
+    item: String,
+    action: &'static str,
+    dwell: u64,
+    ts: i64,
+    rating: Option<f64>,
+}
+
+impl Ev {
+    fn json(&self) -> Vec<u8> {
+        let mut v = serde_json::json!({"user_id": self.user, "item_id": self.item, "action": self.action,
+            "dwell_ms": self.dwell, "ts": self.ts});
+        if let Some(r) = self.rating {
+            v["rating"] = serde_json::json!(r);
+        }
+        serde_json::to_vec(&v).unwrap()
+    }
+    /// The default positives, written out independently of sailstream's code.
+    fn positive(&self) -> bool {
+        matches!(
+            self.action,
+            "like" | "share" | "comment" | "favorite" | "follow" | "finish"
+        ) || (self.action == "play" && self.dwell >= 10_000)
+            || self.rating.is_some_and(|r| r >= 4.0)
+    }
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn behaviours(n: usize, users: u64, items: u64, seed: u64) -> Vec<Ev> {
+    const ACTIONS: [&str; 8] = [
+        "impression",
+        "play",
+        "play",
+        "like",
+        "skip",
+        "share",
+        "finish",
+        "rate",
+    ];
+    let mut rng = Rng(seed);
+    let mut user_clock: HashMap<u64, i64> = HashMap::new();
+    (0..n)
+        .map(|_| {
+            let u = rng.below(users);
+            // Strictly increasing time per user, so the reference's order is unambiguous.
+            let clock = user_clock.entry(u).or_insert(T0);
+            *clock += 1 + rng.below(60_000) as i64;
+            let action = ACTIONS[rng.below(ACTIONS.len() as u64) as usize];
+            Ev {
+                user: format!("u{u}"),
+                item: format!("i{}", rng.below(items)),
+                action,
+                dwell: rng.below(30_000),
+                ts: *clock,
+                rating: (action == "rate").then(|| (1 + rng.below(5)) as f64),
+            }
+        })
+        .collect()
+}
+
+fn free_port() -> u16 {
+    harness::free_port()
+}
+
+struct Worker {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Worker {
+    fn start(broker: &Broker, dir: &Path, metrics_port: u16) -> Worker {
+        let log = dir.join("worker.log");
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_sailstream"))
+            .arg("worker")
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", std::env::var_os("HOME").unwrap_or_default())
+            .env("SAILSTREAM__KAFKA__BROKERS", broker.bootstrap())
+            .env("SAILSTREAM__KAFKA__GROUP_ID", "worker-test")
+            .env("SAILSTREAM__STORE__PATH", dir.join("store"))
+            .env("SAILSTREAM__OFFLINE_LOG__PATH", dir.join("log"))
+            .env("SAILSTREAM__OFFLINE_LOG__SEGMENT_MAX_ROWS", "15000")
+            .env("SAILSTREAM__INGEST__BATCH_SIZE", "1000")
+            .env("SAILSTREAM__INGEST__LINGER_MS", "50")
+            .env("SAILSTREAM__WORKER__MAX_BACKOFF_MS", "1000")
+            .env(
+                "SAILSTREAM__METRICS__LISTEN",
+                format!("127.0.0.1:{metrics_port}"),
+            )
+            .env("SAILSTREAM__LOG__LEVEL", "info,librdkafka=off,rdkafka=warn")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start worker");
+        Worker { child, log }
+    }
+
+    fn signal(&mut self, sig: &str) {
+        Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+
+    fn kill9(mut self) {
+        self.signal("-KILL");
+        self.child.wait().unwrap();
+    }
+
+    fn terminate(mut self) -> std::process::ExitStatus {
+        self.signal("-TERM");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker did not stop on SIGTERM:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn assert_alive(&mut self) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!("worker exited early ({status}):\n{}", self.logs());
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sum of stored next-offsets over all partitions (read-only, beside the running worker).
+fn stored_progress(store: &Path) -> i64 {
+    for _ in 0..20 {
+        if let Ok(s) = Store::open_read_only(store)
+            && let Ok(offsets) = s.offsets()
+        {
+            return offsets.values().sum();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    0
+}
+
+fn wait_for_progress(worker: &mut Worker, store: &Path, at_least: i64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        worker.assert_alive();
+        let p = stored_progress(store);
+        if p >= at_least {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "progress {p} < {at_least} after {timeout:?}:\n{}",
+            worker.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// (topic, partition, offset) of every row in the offline log, with duplicates kept.
+fn log_positions(dir: &Path) -> Vec<(String, i32, i64)> {
+    let mut out = Vec::new();
+    let Ok(topics) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for topic in topics {
+        for file in std::fs::read_dir(topic.unwrap().path()).unwrap() {
+            let path = file.unwrap().path();
+            assert_eq!(
+                path.extension().unwrap(),
+                "parquet",
+                "stray file in the log: {}",
+                path.display()
+            );
+            let reader =
+                ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap())
+                    .unwrap()
+                    .build()
+                    .unwrap();
+            for batch in reader {
+                let batch = batch.unwrap();
+                let topic = batch
+                    .column_by_name("topic")
+                    .unwrap()
+                    .as_string::<i32>()
+                    .clone();
+                let part = batch
+                    .column_by_name("partition")
+                    .unwrap()
+                    .as_primitive::<arrow::datatypes::Int32Type>()
+                    .clone();
+                let off = batch
+                    .column_by_name("offset")
+                    .unwrap()
+                    .as_primitive::<arrow::datatypes::Int64Type>()
+                    .clone();
+                for i in 0..batch.num_rows() {
+                    out.push((topic.value(i).to_string(), part.value(i), off.value(i)));
+                }
+            }
+        }
+    }
+    out
+}
+
+async fn read_dlq(broker: &Broker, at_least: usize) -> Vec<DeadLetter> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", format!("dlq-check-{}", free_port()))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&["sail.dlq"]).unwrap();
+    let mut out = Vec::new();
+    loop {
+        let timeout = if out.len() >= at_least {
+            Duration::from_secs(3)
+        } else {
+            Duration::from_secs(30)
+        };
+        match tokio::time::timeout(timeout, consumer.recv()).await {
+            Ok(Ok(msg)) => out.push(serde_json::from_slice(msg.payload().unwrap()).unwrap()),
+            Ok(Err(e)) => panic!("reading sail.dlq: {e}"),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_and_restart_end_identical_to_the_reference() {
+    let broker = Broker::start();
+    broker
+        .create_topics(&[
+            ("sail.items", 2),
+            ("sail.behaviours", 4),
+            ("sail.id_embeddings", 1),
+            ("sail.dlq", 1),
+        ])
+        .await;
+    let producer = broker.producer();
+
+    // 100k events: 96k behaviours, 3k item records (with updates and stale copies), 1k ID embeddings,
+    // plus bad records of every kind.
+    let evs = behaviours(96_000, 700, 1_500, 0x5eed);
+    let mut rng = Rng(42);
+    let mut items: Vec<(String, u64, String)> = Vec::new();
+    for i in 0..1_500u64 {
+        items.push((format!("i{i}"), 1, format!("title {i} v1")));
+    }
+    for _ in 0..1_500 {
+        let i = rng.below(1_500);
+        let v = 1 + rng.below(4);
+        items.push((format!("i{i}"), v, format!("title {i} v{v}")));
+    }
+    let item_json = |(id, v, title): &(String, u64, String)| {
+        serde_json::to_vec(&serde_json::json!({"item_id": id, "title": title, "tags": ["t"], "created_at": T0, "version": v})).unwrap()
+    };
+    let embeddings: Vec<(String, u64, Vec<f32>)> = (0..1_000)
+        .map(|k| {
+            let i = rng.below(300);
+            (
+                format!("i{i}"),
+                k as u64 % 3,
+                (0..64).map(|d| ((i + d) % 7) as f32 / 7.0).collect(),
+            )
+        })
+        .collect();
+
+    let bad: Vec<(&str, Vec<u8>, &str, &str)> = vec![
+        ("sail.behaviours", b"{\"user_id\": \"u1\", ".to_vec(), "record", "malformed"),
+        ("sail.behaviours", vec![0xff, 0xfe, 0x00], "record", "malformed"),
+        ("sail.behaviours", br#"{"user_id":"u1","item_id":"i1","action":"teleport","dwell_ms":0,"ts":1750000000000}"#.to_vec(), "action", "invalid"),
+        ("sail.behaviours", br#"{"user_id":"u1","item_id":"i1","action":"play","dwell_ms":0,"ts":1750000000}"#.to_vec(), "ts", "invalid"),
+        ("sail.behaviours", br#"{"user_id":"u1","item_id":"i1","action":"rate","dwell_ms":0,"ts":1750000000000}"#.to_vec(), "rating", "invalid"),
+        ("sail.items", format!(r#"{{"item_id":"big","title":"{}","created_at":1750000000000,"version":1}}"#, "x".repeat(9000)).into_bytes(), "title", "oversized"),
+        ("sail.items", br#"{"item_id":"i1","created_at":1750000000000,"version":1,"colour":"red"}"#.to_vec(), "colour", "invalid"),
+        ("sail.id_embeddings", br#"{"item_id":"i1","space":"gid","vector":[0.1,0.2],"version":9,"ts":1750000000000}"#.to_vec(), "vector", "invalid"),
+    ];
+
+    // Produce in rounds, so the worker is consuming while records keep arriving.
+    let b_records: Vec<(String, Vec<u8>)> =
+        evs.iter().map(|e| (e.user.clone(), e.json())).collect();
+    let i_records: Vec<(String, Vec<u8>)> = items
+        .iter()
+        .map(|it| (it.0.clone(), item_json(it)))
+        .collect();
+    let e_records: Vec<(String, Vec<u8>)> = embeddings
+        .iter()
+        .map(|(id, v, vec)| {
+            (id.clone(), serde_json::to_vec(&serde_json::json!({"item_id": id, "space": "gid", "vector": vec, "version": v, "ts": T0})).unwrap())
+        })
+        .collect();
+    let send_keyed = |topic: &'static str, recs: Vec<(String, Vec<u8>)>| {
+        let producer = producer.clone();
+        async move {
+            let mut pending = Vec::new();
+            for (k, p) in &recs {
+                pending.push(
+                    producer
+                        .send_result(rdkafka::producer::FutureRecord::to(topic).key(k).payload(p))
+                        .map_err(|(e, _)| e)
+                        .unwrap(),
+                );
+            }
+            for d in pending {
+                d.await.unwrap().map_err(|(e, _)| e).unwrap();
+            }
+        }
+    };
+    send_keyed("sail.items", i_records[..1_500].to_vec()).await;
+    send_keyed("sail.behaviours", b_records[..40_000].to_vec()).await;
+    for (topic, payload, _, _) in &bad {
+        send_keyed(topic, vec![("bad".to_string(), payload.clone())]).await;
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let port = free_port();
+
+    let mut w = Worker::start(&broker, dir.path(), port);
+    wait_for_progress(&mut w, &store, 15_000, Duration::from_secs(120));
+    w.kill9();
+    send_keyed("sail.items", i_records[1_500..].to_vec()).await;
+    send_keyed("sail.id_embeddings", e_records.clone()).await;
+
+    let mut w = Worker::start(&broker, dir.path(), port);
+    wait_for_progress(&mut w, &store, 35_000, Duration::from_secs(120));
+    w.kill9();
+    send_keyed("sail.behaviours", b_records[40_000..].to_vec()).await;
+
+    let mut w = Worker::start(&broker, dir.path(), port);
+    wait_for_progress(&mut w, &store, 70_000, Duration::from_secs(120));
+    w.kill9();
+
+    let total = (evs.len() + items.len() + embeddings.len() + bad.len()) as i64;
+    assert_eq!(total, 100_008);
+    let mut w = Worker::start(&broker, dir.path(), port);
+    wait_for_progress(&mut w, &store, total, Duration::from_secs(240));
+    let status = w.terminate();
+    assert!(status.success(), "SIGTERM exits 0, got {status}");
+
+    // ---- state against the reference ----
+    let s = Store::open_read_only(&store).unwrap();
+    let mut stats: BTreeMap<&str, (u64, u64, i64, i64)> = BTreeMap::new();
+    let mut hist: HashMap<&str, Vec<&Ev>> = HashMap::new();
+    for e in &evs {
+        let st = stats.entry(&e.item).or_insert((0, 0, i64::MAX, i64::MIN));
+        st.0 += 1;
+        st.1 += e.positive() as u64;
+        st.2 = st.2.min(e.ts);
+        st.3 = st.3.max(e.ts);
+        hist.entry(&e.user).or_default().push(e);
+    }
+    for (item, (events, positives, first, last)) in &stats {
+        let got = s
+            .item_stats(item)
+            .unwrap()
+            .unwrap_or_else(|| panic!("no stats for {item}"));
+        assert_eq!(
+            (got.events, got.positives, got.first_ts, got.last_ts),
+            (*events, *positives, *first, *last),
+            "{item}"
+        );
+    }
+    assert_eq!(s.all_item_stats(usize::MAX).unwrap().len(), stats.len());
+    for (user, list) in &hist {
+        let got: Vec<(String, i64)> = s
+            .user_history(user)
+            .unwrap()
+            .into_iter()
+            .map(|h| (h.item_id, h.ts))
+            .collect();
+        let want: Vec<(String, i64)> = list
+            .iter()
+            .rev()
+            .take(200)
+            .rev()
+            .map(|e| (e.item.clone(), e.ts))
+            .collect();
+        assert_eq!(got, want, "history of {user}");
+        let got: Vec<(String, i64)> = s
+            .user_positives(user)
+            .unwrap()
+            .into_iter()
+            .map(|h| (h.item_id, h.ts))
+            .collect();
+        let pos: Vec<&&Ev> = list.iter().filter(|e| e.positive()).collect();
+        let want: Vec<(String, i64)> = pos
+            .iter()
+            .rev()
+            .take(1000)
+            .rev()
+            .map(|e| (e.item.clone(), e.ts))
+            .collect();
+        assert_eq!(got, want, "positives of {user}");
+    }
+    let mut latest: HashMap<&str, (u64, &str)> = HashMap::new();
+    for (id, v, title) in &items {
+        let e = latest.entry(id).or_insert((*v, title));
+        if *v > e.0 {
+            *e = (*v, title);
+        }
+    }
+    for (id, (v, title)) in &latest {
+        let item = s.item(id).unwrap().unwrap();
+        assert_eq!(
+            (item.version, item.title.as_deref()),
+            (*v, Some(*title)),
+            "{id}"
+        );
+    }
+    let mut emb_latest: HashMap<&str, u64> = HashMap::new();
+    for (id, v, _) in &embeddings {
+        let e = emb_latest.entry(id).or_insert(*v);
+        *e = (*e).max(*v);
+    }
+    for (id, v) in &emb_latest {
+        assert_eq!(s.id_embedding(id, "gid").unwrap().unwrap().0, *v, "{id}");
+    }
+
+    // ---- offline log: every valid event exactly once ----
+    let positions = log_positions(&dir.path().join("log"));
+    let unique: HashSet<_> = positions.iter().cloned().collect();
+    assert_eq!(positions.len(), unique.len(), "no event logged twice");
+    assert_eq!(
+        positions.len(),
+        evs.len() + items.len() + embeddings.len(),
+        "every valid event logged"
+    );
+
+    // ---- dead letters: each bad record with its reason (at least once) ----
+    let letters = read_dlq(&broker, bad.len()).await;
+    let mut by_payload: HashMap<Vec<u8>, &DeadLetter> = HashMap::new();
+    for l in &letters {
+        by_payload.insert(l.payload().unwrap(), l);
+    }
+    assert_eq!(by_payload.len(), bad.len(), "{letters:?}");
+    for (topic, payload, field, category) in &bad {
+        let l = by_payload
+            .get(payload)
+            .unwrap_or_else(|| panic!("missing dead letter for {topic}"));
+        assert_eq!(
+            (
+                l.topic.as_str(),
+                l.error.field.as_str(),
+                l.category.as_str()
+            ),
+            (*topic, *field, *category),
+            "{l:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_stopped_and_restarted_mid_stream_loses_nothing() {
+    let mut broker = Broker::start();
+    broker
+        .create_topics(&[
+            ("sail.items", 1),
+            ("sail.behaviours", 2),
+            ("sail.id_embeddings", 1),
+            ("sail.dlq", 1),
+        ])
+        .await;
+    let evs = behaviours(30_000, 100, 200, 7);
+    let records: Vec<(String, Vec<u8>)> = evs.iter().map(|e| (e.user.clone(), e.json())).collect();
+    let producer = broker.producer();
+    for chunk in records[..20_000].chunks(5_000) {
+        for (k, p) in chunk {
+            producer
+                .send_result(
+                    rdkafka::producer::FutureRecord::to("sail.behaviours")
+                        .key(k)
+                        .payload(p),
+                )
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+        rdkafka::producer::Producer::flush(&producer, Duration::from_secs(30)).unwrap();
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let mut w = Worker::start(&broker, dir.path(), free_port());
+    wait_for_progress(&mut w, &store, 5_000, Duration::from_secs(120));
+    broker.stop();
+    std::thread::sleep(Duration::from_secs(3));
+    w.assert_alive();
+    broker.restart();
+    let producer = broker.producer();
+    for (k, p) in &records[20_000..] {
+        producer
+            .send_result(
+                rdkafka::producer::FutureRecord::to("sail.behaviours")
+                    .key(k)
+                    .payload(p),
+            )
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    rdkafka::producer::Producer::flush(&producer, Duration::from_secs(30)).unwrap();
+    wait_for_progress(&mut w, &store, 30_000, Duration::from_secs(180));
+    let logs = w.logs();
+    assert!(w.terminate().success());
+    assert!(
+        logs.contains("kafka client error") || logs.contains("kafka consumer error"),
+        "the outage is logged:\n{logs}"
+    );
+
+    let s = Store::open_read_only(&store).unwrap();
+    let mut per_item: BTreeMap<&str, u64> = BTreeMap::new();
+    for e in &evs {
+        *per_item.entry(&e.item).or_default() += 1;
+    }
+    for (item, n) in per_item {
+        assert_eq!(s.item_stats(item).unwrap().unwrap().events, n, "{item}");
+    }
+    let positions = log_positions(&dir.path().join("log"));
+    assert_eq!(positions.len(), 30_000);
+    assert_eq!(positions.iter().collect::<HashSet<_>>().len(), 30_000);
+}

@@ -1,0 +1,442 @@
+//! What each subcommand does; `main.rs` only parses arguments and maps errors to exit codes.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use sailstream::config::{Config, FileFormat, FileInput};
+use sailstream::ingest::files::FileSource;
+use sailstream::ingest::{BatchReport, DeadLetterSink, Ingestor};
+use sailstream::store::{Store, cf};
+use sailstream::{Error, Result, runtime};
+
+pub fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+pub fn config_show(config: &Config) -> Result<()> {
+    print!("{}", config.to_toml()?);
+    Ok(())
+}
+
+fn default_dlq_path(config: &Config) -> PathBuf {
+    let store = &config.store.path;
+    store
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .join("dlq.jsonl")
+}
+
+/// Parses `PATH:TOPIC` (format from the extension).
+fn parse_file_arg(arg: &str) -> Result<FileInput> {
+    let (path, topic) = arg.rsplit_once(':').ok_or_else(|| {
+        Error::invalid(
+            "--file",
+            format!("'{arg}' is not PATH:TOPIC (e.g. events.jsonl:sail.behaviours)"),
+        )
+    })?;
+    let format = match Path::new(path).extension().and_then(|e| e.to_str()) {
+        Some("jsonl") | Some("ndjson") | Some("json") => FileFormat::Jsonl,
+        Some("parquet") => FileFormat::Parquet,
+        _ => {
+            return Err(Error::invalid(
+                "--file",
+                format!("'{path}': extension must be .jsonl, .ndjson or .parquet"),
+            ));
+        }
+    };
+    Ok(FileInput {
+        path: PathBuf::from(path),
+        topic: topic.to_string(),
+        format,
+    })
+}
+
+/// Replays files into the store and returns what happened.
+pub async fn replay(
+    config: &Config,
+    files: &[String],
+    dlq: Option<PathBuf>,
+) -> Result<BatchReport> {
+    let mut config = config.clone();
+    if !files.is_empty() {
+        config.ingest.files = files
+            .iter()
+            .map(|f| parse_file_arg(f))
+            .collect::<Result<_>>()?;
+        config.validate()?;
+    }
+    if config.ingest.files.is_empty() {
+        return Err(Error::config("ingest.files", "no files to replay"));
+    }
+    let dlq_path = dlq.unwrap_or_else(|| default_dlq_path(&config));
+    let store = Arc::new(Store::open(&config.store.path)?);
+    let positions: HashMap<(String, i32), i64> = store.offsets()?.into_iter().collect();
+    let mut source = FileSource::open(&config.ingest.files, &positions)?;
+    let config = Arc::new(config);
+    let mut ingestor = Ingestor::new(
+        store.clone(),
+        config.clone(),
+        DeadLetterSink::file(&dlq_path),
+    )?;
+
+    for f in &config.ingest.files {
+        eprintln!("  {} -> {}", f.path.display(), f.topic);
+    }
+    let (_, total_bytes) = source.progress();
+    let bar = ProgressBar::new(total_bytes);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} replay [{bar:30}] {bytes}/{total_bytes} {msg}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    let started = Instant::now();
+    let mut records = 0usize;
+    // Files end on their own; Ctrl-C stops between batches with everything before it committed.
+    let stop = Box::pin(async {
+        let _ = tokio::signal::ctrl_c().await;
+    });
+    let done = source.progress_counter();
+    let report = ingestor
+        .run(&mut source, stop, |r| {
+            records += r.records;
+            bar.set_position(done.load(std::sync::atomic::Ordering::Relaxed));
+            bar.set_message(format!("{records} records"));
+        })
+        .await?;
+    bar.set_position(source.progress().0);
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "replayed {} records in {:.2}s ({:.0} records/s): {} applied, {} already applied (skipped), {} stale versions ignored, {} dead-lettered{}",
+        report.records,
+        secs,
+        report.records as f64 / secs.max(1e-9),
+        report.applied,
+        report.duplicates,
+        report.stale_items,
+        report.dead_lettered,
+        if report.dead_lettered > 0 {
+            format!(" (see {})", dlq_path.display())
+        } else {
+            String::new()
+        }
+    );
+    Ok(report)
+}
+
+pub async fn worker(config: &Config) -> Result<()> {
+    if config.metrics.enabled {
+        sailstream::metrics::install_prometheus(config.metrics_addr())?;
+    }
+    let report = sailstream::ingest::worker::run(
+        Arc::new(config.clone()),
+        sailstream::ingest::worker::termination_signal(),
+    )
+    .await?;
+    eprintln!(
+        "worker stopped: {} records, {} applied, {} dead-lettered, {} already applied",
+        report.records, report.applied, report.dead_lettered, report.duplicates
+    );
+    Ok(())
+}
+
+pub async fn demo(config: &Config) -> Result<()> {
+    if config.metrics.enabled
+        && let Err(e) = sailstream::metrics::install_prometheus(config.metrics_addr())
+    {
+        eprintln!("warning: {e}; continuing without the metrics endpoint");
+    }
+    println!(
+        "sailstream demo: replaying the bundled sample through ingest into {}",
+        config.store.path.display()
+    );
+    let report = replay(config, &[], None).await?;
+    if report.records == 0 {
+        println!(
+            "(nothing new: every record's position is already stored with the state, so nothing is applied twice)"
+        );
+    }
+    let store = Store::open_read_only(&config.store.path)?;
+    print_store(&store, config)?;
+    print_dead_letters(&default_dlq_path(config))?;
+    if config.metrics.enabled {
+        print_metrics(config);
+    }
+    Ok(())
+}
+
+fn print_store(store: &Store, config: &Config) -> Result<()> {
+    println!(
+        "\nOnline store {} (keys per column family):",
+        store.path().display()
+    );
+    for (name, n) in store.key_counts()? {
+        if n > 0 {
+            println!("  {name:<16} {n:>8}");
+        }
+    }
+    let ids = store.ids(cf::ITEMS, 5)?;
+    let total_items = store
+        .key_counts()?
+        .iter()
+        .find(|(n, _)| *n == cf::ITEMS)
+        .map_or(0, |c| c.1);
+    println!("\nItems (first {} of {total_items}):", ids.len());
+    for id in ids {
+        if let Some(item) = store.item(&id)? {
+            println!(
+                "  {:<10} v{:<3} {:<48} [{}]",
+                item.item_id,
+                item.version,
+                truncate(item.title.as_deref().unwrap_or("(no title)"), 48),
+                item.tags.join(", ")
+            );
+        }
+    }
+    let mut stats = store.all_item_stats(100_000)?;
+    stats.sort_by(|a, b| b.1.positives.cmp(&a.1.positives).then(a.0.cmp(&b.0)));
+    println!("\nMost positively consumed items (positives / events):");
+    for (id, s) in stats.iter().take(5) {
+        let title = store.item(id)?.and_then(|i| i.title).unwrap_or_default();
+        println!(
+            "  {id:<10} {:>4} / {:<4} {}",
+            s.positives,
+            s.events,
+            truncate(&title, 48)
+        );
+    }
+    if let Some(user) = store.ids(cf::USER_HISTORIES, 1)?.into_iter().next() {
+        let history = store.user_history(&user)?;
+        let positives = store.user_positives(&user)?;
+        println!(
+            "\nUser {user}: {} events kept (cap {}), {} positives (cap {}); newest 5:",
+            history.len(),
+            config.store.history_cap,
+            positives.len(),
+            config.store.positives_cap
+        );
+        for e in history.iter().rev().take(5) {
+            println!(
+                "  ts={} {:<10} {:<10} dwell={}ms{}",
+                e.ts,
+                e.action.as_str(),
+                e.item_id,
+                e.dwell_ms,
+                e.rating.map(|r| format!(" rating={r}")).unwrap_or_default()
+            );
+        }
+    }
+    println!("\nStored source positions (next offset to read):");
+    for ((stream, partition), next) in store.offsets()? {
+        println!("  {stream} [{partition}] -> {next}");
+    }
+    Ok(())
+}
+
+fn print_dead_letters(path: &Path) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    println!("\nDead letters ({} in {}):", lines.len(), path.display());
+    for line in lines.iter().take(5) {
+        match serde_json::from_str::<sailstream::schema::DeadLetter>(line) {
+            Ok(d) => println!(
+                "  {} offset {}: {} [{}]",
+                d.topic, d.offset, d.error, d.category
+            ),
+            Err(e) => println!("  (unreadable line: {e})"),
+        }
+    }
+    Ok(())
+}
+
+/// Scrapes our own endpoint, so the demo shows what Prometheus would see.
+fn print_metrics(config: &Config) {
+    let addr = config.metrics_addr();
+    let body = (|| -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })();
+    match body {
+        Ok(text) => {
+            println!("\nMetrics at http://{addr}/metrics (sailstream_records_*):");
+            for line in text
+                .lines()
+                .filter(|l| l.starts_with("sailstream_records_"))
+            {
+                println!("  {line}");
+            }
+        }
+        Err(e) => println!("\nMetrics endpoint http://{addr}/metrics not reachable: {e}"),
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(n.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    }
+}
+
+pub fn store_stats(config: &Config) -> Result<()> {
+    let store = Store::open_read_only(&config.store.path)?;
+    println!("store {}", store.path().display());
+    for (name, n) in store.key_counts()? {
+        println!("  {name:<16} {n:>10}");
+    }
+    println!("positions:");
+    for ((stream, partition), next) in store.offsets()? {
+        println!("  {stream} [{partition}] -> {next}");
+    }
+    Ok(())
+}
+
+pub fn store_checkpoint(config: &Config, dest: &Path) -> Result<()> {
+    // Opening read-write would fail while a worker runs; a checkpoint needs the writer's handle, so this
+    // command is for a stopped store (the worker exposes checkpoints itself once it exists).
+    let store = Store::open(&config.store.path)?;
+    store.checkpoint(dest)?;
+    println!(
+        "checkpoint of {} written to {}",
+        store.path().display(),
+        dest.display()
+    );
+    Ok(())
+}
+
+pub fn store_item(config: &Config, item_id: &str) -> Result<()> {
+    let store = Store::open_read_only(&config.store.path)?;
+    let item = store
+        .item(item_id)?
+        .ok_or_else(|| Error::invalid("item_id", format!("'{item_id}' is not in the store")))?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&item).map_err(|e| Error::Internal(e.to_string()))?
+    );
+    if let Some(s) = store.item_stats(item_id)? {
+        println!(
+            "stats: {} events, {} positives, first ts {}, last ts {}",
+            s.events, s.positives, s.first_ts, s.last_ts
+        );
+    }
+    Ok(())
+}
+
+pub fn store_user(config: &Config, user_id: &str) -> Result<()> {
+    let store = Store::open_read_only(&config.store.path)?;
+    let history = store.user_history(user_id)?;
+    if history.is_empty() {
+        return Err(Error::invalid(
+            "user_id",
+            format!("'{user_id}' has no stored history"),
+        ));
+    }
+    let positives = store.user_positives(user_id)?;
+    println!(
+        "user {user_id}: {} events, {} positives",
+        history.len(),
+        positives.len()
+    );
+    for e in &history {
+        let mark = if positives
+            .iter()
+            .any(|p| p.ts == e.ts && p.item_id == e.item_id)
+        {
+            "+"
+        } else {
+            " "
+        };
+        println!(
+            " {mark} ts={} {:<10} {:<12} dwell={}ms{}",
+            e.ts,
+            e.action.as_str(),
+            e.item_id,
+            e.dwell_ms,
+            e.rating.map(|r| format!(" rating={r}")).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+pub fn doctor(config: &Config) -> Result<()> {
+    let mut failures = 0;
+    let mut check = |name: &str, outcome: std::result::Result<String, String>| match outcome {
+        Ok(detail) => println!("ok    {name}: {detail}"),
+        Err(problem) => {
+            failures += 1;
+            println!("FAIL  {name}: {problem}");
+        }
+    };
+    check(
+        "onnx runtime",
+        runtime::init(config)
+            .map(|info| {
+                format!(
+                    "{} ({})",
+                    runtime::library_path(config).display(),
+                    info.lines().next().unwrap_or("")
+                )
+            })
+            .map_err(|e| e.to_string()),
+    );
+    let tansu = std::env::var_os("SAILSTREAM_TANSU")
+        .map(PathBuf::from)
+        .unwrap_or_else(sailstream_default_tansu);
+    check(
+        "tansu broker (tests, demo --kafka)",
+        if tansu.exists() {
+            Ok(tansu.display().to_string())
+        } else {
+            Err(format!("{} missing; run scripts/setup.sh", tansu.display()))
+        },
+    );
+    let probe = std::env::temp_dir().join(format!("sailstream-doctor-{}", std::process::id()));
+    check(
+        "rocksdb",
+        Store::open(&probe)
+            .and_then(|s| {
+                s.key_counts()
+                    .map(|c| format!("opened a scratch store with {} column families", c.len()))
+            })
+            .map_err(|e| e.to_string()),
+    );
+    let _ = std::fs::remove_dir_all(&probe);
+    if failures > 0 {
+        return Err(Error::invalid(
+            "installation",
+            format!("{failures} check(s) failed"),
+        ));
+    }
+    Ok(())
+}
+
+fn sailstream_default_tansu() -> PathBuf {
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".local/tansu/bin/tansu")
+}

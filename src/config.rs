@@ -1,0 +1,624 @@
+//! Layered configuration: built-in defaults (`pipelines/defaults.toml`, compiled in), then a TOML file, then
+//! `SAILSTREAM__SECTION__KEY` environment variables. The result is validated once at start; every error names
+//! the key and what is wrong with it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::schema::Action;
+
+/// The first layer, compiled into the binary so that it always matches the code.
+pub const DEFAULTS_TOML: &str = include_str!("../pipelines/defaults.toml");
+
+/// Prefix of environment overrides; `__` separates the path segments.
+pub const ENV_PREFIX: &str = "SAILSTREAM__";
+
+/// Tables whose keys are free-form (passed through to a client), so overrides may add new keys there.
+const OPEN_TABLES: &[&str] = &["kafka.client", "id_spaces"];
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub store: StoreConfig,
+    pub ingest: IngestConfig,
+    pub offline_log: OfflineLogConfig,
+    pub worker: WorkerConfig,
+    pub kafka: KafkaConfig,
+    pub positives: PositivesConfig,
+    pub limits: Limits,
+    pub id_spaces: BTreeMap<String, usize>,
+    pub metrics: MetricsConfig,
+    pub log: LogConfig,
+    pub runtime: RuntimeConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    pub history_cap: usize,
+    pub positives_cap: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OfflineLogConfig {
+    pub enabled: bool,
+    pub path: PathBuf,
+    pub segment_max_rows: u64,
+    pub segment_max_age_s: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    pub max_backoff_ms: u64,
+    pub stats_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Files,
+    Kafka,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FileFormat {
+    Jsonl,
+    Parquet,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileInput {
+    pub path: PathBuf,
+    pub topic: String,
+    pub format: FileFormat,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    pub source: SourceKind,
+    pub batch_size: usize,
+    pub linger_ms: u64,
+    #[serde(default)]
+    pub files: Vec<FileInput>,
+}
+
+/// How a worker gets its partitions (see `ingest::kafka`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Assignment {
+    Manual,
+    Group,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub group_id: String,
+    pub assignment: Assignment,
+    pub compression: String,
+    #[serde(default)]
+    pub client: BTreeMap<String, String>,
+    pub topics: TopicNames,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TopicNames {
+    pub items: String,
+    pub behaviours: String,
+    pub id_embeddings: String,
+    pub item_embeddings: String,
+    pub dlq: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PositivesConfig {
+    pub actions: Vec<Action>,
+    pub dwell_actions: Vec<Action>,
+    pub min_dwell_ms: u64,
+    pub min_rating: f64,
+}
+
+/// Decoding limits; the JSON Schemas in `schemas/` state the same numbers for the defaults.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub max_id_bytes: usize,
+    pub max_text_chars: usize,
+    pub max_tags: usize,
+    pub max_tag_chars: usize,
+    pub max_frames: usize,
+    pub max_inline_media_bytes: usize,
+    pub max_record_bytes: usize,
+    pub max_context_entries: usize,
+    pub max_vector_dim: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    pub onnxruntime_lib: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::from_layers(None, std::iter::empty()).expect("built-in defaults are valid")
+    }
+}
+
+impl Config {
+    /// Loads the effective config from the defaults, an optional file and the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Config> {
+        Config::from_layers(file, std::env::vars())
+    }
+
+    /// Same as [`Config::load`], with the environment given explicitly (tests, tools).
+    pub fn from_layers(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config> {
+        let mut merged: toml::Table = toml::from_str(DEFAULTS_TOML)
+            .map_err(|e| Error::Internal(format!("built-in defaults do not parse: {e}")))?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Error::io(format!("reading config file {}", path.display()), e))?;
+            let layer: toml::Table = toml::from_str(&text)
+                .map_err(|e| Error::config(path.display().to_string(), e.to_string()))?;
+            merge_tables(&mut merged, layer, "");
+        }
+        let mut overrides: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        overrides.sort();
+        for (name, value) in overrides {
+            apply_env_override(&mut merged, &name, &value)?;
+        }
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(merged)).map_err(|e| {
+                let key = e.path().to_string();
+                Error::config(key, e.into_inner().message().to_string())
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every bound the types cannot express. Called by the loaders; public for configs built in code.
+    pub fn validate(&self) -> Result<()> {
+        fn range(key: &str, value: usize, min: usize, max: usize) -> Result<()> {
+            if value < min || value > max {
+                return Err(Error::config(
+                    key,
+                    format!("must be between {min} and {max}, got {value}"),
+                ));
+            }
+            Ok(())
+        }
+        fn non_empty(key: &str, value: &str) -> Result<()> {
+            if value.trim().is_empty() {
+                return Err(Error::config(key, "must not be empty"));
+            }
+            Ok(())
+        }
+        if self.store.path.as_os_str().is_empty() {
+            return Err(Error::config("store.path", "must not be empty"));
+        }
+        range("store.history_cap", self.store.history_cap, 1, 100_000)?;
+        range("store.positives_cap", self.store.positives_cap, 1, 100_000)?;
+        range("ingest.batch_size", self.ingest.batch_size, 1, 1_000_000)?;
+        if self.ingest.linger_ms > 60_000 {
+            return Err(Error::config(
+                "ingest.linger_ms",
+                format!("must be at most 60000, got {}", self.ingest.linger_ms),
+            ));
+        }
+        if self.offline_log.path.as_os_str().is_empty() {
+            return Err(Error::config("offline_log.path", "must not be empty"));
+        }
+        if !(1..=10_000_000).contains(&self.offline_log.segment_max_rows) {
+            return Err(Error::config(
+                "offline_log.segment_max_rows",
+                format!(
+                    "must be between 1 and 10000000, got {}",
+                    self.offline_log.segment_max_rows
+                ),
+            ));
+        }
+        if !(1..=86_400).contains(&self.offline_log.segment_max_age_s) {
+            return Err(Error::config(
+                "offline_log.segment_max_age_s",
+                format!(
+                    "must be between 1 and 86400, got {}",
+                    self.offline_log.segment_max_age_s
+                ),
+            ));
+        }
+        if !(100..=600_000).contains(&self.worker.max_backoff_ms) {
+            return Err(Error::config(
+                "worker.max_backoff_ms",
+                format!(
+                    "must be between 100 and 600000, got {}",
+                    self.worker.max_backoff_ms
+                ),
+            ));
+        }
+        if !(100..=3_600_000).contains(&self.worker.stats_interval_ms) {
+            return Err(Error::config(
+                "worker.stats_interval_ms",
+                format!(
+                    "must be between 100 and 3600000, got {}",
+                    self.worker.stats_interval_ms
+                ),
+            ));
+        }
+        let inputs = [
+            &self.kafka.topics.items,
+            &self.kafka.topics.behaviours,
+            &self.kafka.topics.id_embeddings,
+        ];
+        for (i, file) in self.ingest.files.iter().enumerate() {
+            if file.path.as_os_str().is_empty() {
+                return Err(Error::config(
+                    format!("ingest.files[{i}].path"),
+                    "must not be empty",
+                ));
+            }
+            if !inputs.contains(&&file.topic) {
+                return Err(Error::config(
+                    format!("ingest.files[{i}].topic"),
+                    format!(
+                        "'{}' is not an input topic (expected one of {})",
+                        file.topic,
+                        inputs
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+        }
+        non_empty("kafka.brokers", &self.kafka.brokers)?;
+        non_empty("kafka.group_id", &self.kafka.group_id)?;
+        if !["none", "lz4", "zstd"].contains(&self.kafka.compression.as_str()) {
+            return Err(Error::config(
+                "kafka.compression",
+                format!(
+                    "must be none, lz4 or zstd, got '{}' (snappy batches cannot be fetched back from Tansu)",
+                    self.kafka.compression
+                ),
+            ));
+        }
+        let t = &self.kafka.topics;
+        let topics = [
+            ("kafka.topics.items", &t.items),
+            ("kafka.topics.behaviours", &t.behaviours),
+            ("kafka.topics.id_embeddings", &t.id_embeddings),
+            ("kafka.topics.item_embeddings", &t.item_embeddings),
+            ("kafka.topics.dlq", &t.dlq),
+        ];
+        for (i, (key, name)) in topics.iter().enumerate() {
+            non_empty(key, name)?;
+            if let Some((other, _)) = topics[..i].iter().find(|(_, n)| n == name) {
+                return Err(Error::config(
+                    *key,
+                    format!("'{name}' is already used by {other}"),
+                ));
+            }
+        }
+        if !self.positives.min_rating.is_finite() {
+            return Err(Error::config(
+                "positives.min_rating",
+                "must be a finite number",
+            ));
+        }
+        let l = &self.limits;
+        range("limits.max_id_bytes", l.max_id_bytes, 1, 4096)?;
+        range("limits.max_text_chars", l.max_text_chars, 1, 1 << 20)?;
+        range("limits.max_tags", l.max_tags, 0, 4096)?;
+        range("limits.max_tag_chars", l.max_tag_chars, 1, 4096)?;
+        range("limits.max_frames", l.max_frames, 0, 1024)?;
+        range(
+            "limits.max_inline_media_bytes",
+            l.max_inline_media_bytes,
+            1,
+            64 << 20,
+        )?;
+        range(
+            "limits.max_record_bytes",
+            l.max_record_bytes,
+            1024,
+            256 << 20,
+        )?;
+        range("limits.max_context_entries", l.max_context_entries, 0, 1024)?;
+        range("limits.max_vector_dim", l.max_vector_dim, 1, 65_536)?;
+        for (space, dim) in &self.id_spaces {
+            let key = format!("id_spaces.{space}");
+            if space.is_empty()
+                || space.len() > 64
+                || !space
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            {
+                return Err(Error::config(
+                    key,
+                    "space names are 1-64 characters of a-z, 0-9 and _",
+                ));
+            }
+            range(&key, *dim, 1, l.max_vector_dim)?;
+        }
+        self.metrics
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|e| Error::config("metrics.listen", format!("not an ip:port address: {e}")))?;
+        if !["text", "json"].contains(&self.log.format.as_str()) {
+            return Err(Error::config(
+                "log.format",
+                format!("must be text or json, got '{}'", self.log.format),
+            ));
+        }
+        non_empty("log.level", &self.log.level)?;
+        Ok(())
+    }
+
+    /// The effective config as TOML, for `sailstream config show`.
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string_pretty(self).map_err(|e| Error::Internal(format!("config to toml: {e}")))
+    }
+
+    pub fn metrics_addr(&self) -> SocketAddr {
+        // validate() has checked it parses.
+        self.metrics
+            .listen
+            .parse()
+            .expect("metrics.listen validated")
+    }
+}
+
+/// Deep merge: tables merge key by key, everything else (arrays included) is replaced by the upper layer.
+fn merge_tables(base: &mut toml::Table, upper: toml::Table, prefix: &str) {
+    for (key, value) in upper {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(u)) => merge_tables(b, u, &path),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// Applies `SAILSTREAM__A__B=value` to `a.b`. The value is read as the type the key already has, so
+/// `SAILSTREAM__KAFKA__GROUP_ID=123` stays a string and `SAILSTREAM__INGEST__BATCH_SIZE=abc` is an error.
+fn apply_env_override(root: &mut toml::Table, name: &str, raw: &str) -> Result<()> {
+    let segments: Vec<String> = name[ENV_PREFIX.len()..]
+        .split("__")
+        .map(|s| s.to_ascii_lowercase())
+        .collect();
+    let key = segments.join(".");
+    if segments.iter().any(|s| s.is_empty()) {
+        return Err(Error::config(
+            name,
+            "malformed override name (use SAILSTREAM__SECTION__KEY)",
+        ));
+    }
+    let (last, parents) = segments.split_last().expect("at least one segment");
+    let mut table = root;
+    let mut walked = String::new();
+    for seg in parents {
+        walked = if walked.is_empty() {
+            seg.clone()
+        } else {
+            format!("{walked}.{seg}")
+        };
+        table = match table.get_mut(seg) {
+            Some(toml::Value::Table(t)) => t,
+            Some(_) => {
+                return Err(Error::config(
+                    &key,
+                    format!("{name}: '{walked}' is not a section"),
+                ));
+            }
+            None => return Err(Error::config(&key, format!("{name}: unknown key"))),
+        };
+    }
+    let value = match table.get(last) {
+        Some(existing) => parse_like(existing, raw)
+            .map_err(|problem| Error::config(&key, format!("{name}={raw:?}: {problem}")))?,
+        None if OPEN_TABLES.contains(&walked.as_str()) => {
+            if walked == "id_spaces" {
+                let dim: i64 = raw.trim().parse().map_err(|_| {
+                    Error::config(&key, format!("{name}={raw:?}: expected an integer"))
+                })?;
+                toml::Value::Integer(dim)
+            } else {
+                toml::Value::String(raw.to_string())
+            }
+        }
+        None => return Err(Error::config(&key, format!("{name}: unknown key"))),
+    };
+    table.insert(last.clone(), value);
+    Ok(())
+}
+
+fn parse_like(existing: &toml::Value, raw: &str) -> std::result::Result<toml::Value, String> {
+    use toml::Value;
+    match existing {
+        Value::String(_) => Ok(Value::String(raw.to_string())),
+        Value::Integer(_) => raw
+            .trim()
+            .parse::<i64>()
+            .map(Value::Integer)
+            .map_err(|_| "expected an integer".into()),
+        Value::Float(_) => raw
+            .trim()
+            .parse::<f64>()
+            .map(Value::Float)
+            .map_err(|_| "expected a number".into()),
+        Value::Boolean(_) => match raw.trim() {
+            "true" | "1" => Ok(Value::Boolean(true)),
+            "false" | "0" => Ok(Value::Boolean(false)),
+            _ => Err("expected true or false".into()),
+        },
+        Value::Array(items) => {
+            let trimmed = raw.trim();
+            if trimmed.starts_with('[') {
+                let doc: toml::Table = toml::from_str(&format!("v = {trimmed}"))
+                    .map_err(|e| format!("not a TOML array: {e}"))?;
+                Ok(doc["v"].clone())
+            } else if items.iter().all(|v| v.is_str()) {
+                // Comma-separated shorthand for string lists: "like,share".
+                Ok(Value::Array(
+                    trimmed
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| Value::String(s.to_string()))
+                        .collect(),
+                ))
+            } else {
+                Err("expected a TOML array, e.g. [1, 2]".into())
+            }
+        }
+        Value::Table(_) => Err("is a section; set its keys one by one".into()),
+        Value::Datetime(_) => Err("datetimes are not configurable".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::from_layers(None, env(&[])).unwrap();
+        assert_eq!(c.store.positives_cap, 1000);
+        assert_eq!(c.kafka.topics.dlq, "sail.dlq");
+        assert_eq!(c.id_spaces.get("gid"), Some(&64));
+    }
+
+    #[test]
+    fn file_then_env_layering() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.toml");
+        std::fs::write(
+            &file,
+            "[store]\npath = \"/tmp/x\"\nhistory_cap = 50\n[kafka]\ngroup_id = \"from-file\"\n",
+        )
+        .unwrap();
+        let c = Config::from_layers(
+            Some(&file),
+            env(&[
+                ("SAILSTREAM__STORE__HISTORY_CAP", "75"),
+                ("SAILSTREAM__KAFKA__GROUP_ID", "123"),
+                ("SAILSTREAM__POSITIVES__ACTIONS", "like, share"),
+                ("SAILSTREAM__KAFKA__CLIENT__SECURITY.PROTOCOL", "ssl"),
+                ("SAILSTREAM__ID_SPACES__CLUSTER", "32"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.store.path, PathBuf::from("/tmp/x"));
+        assert_eq!(c.store.history_cap, 75, "env beats file");
+        assert_eq!(c.store.positives_cap, 1000, "untouched keys keep defaults");
+        assert_eq!(c.kafka.group_id, "123", "string keys stay strings");
+        assert_eq!(c.positives.actions, vec![Action::Like, Action::Share]);
+        assert_eq!(c.kafka.client.get("security.protocol").unwrap(), "ssl");
+        assert_eq!(c.id_spaces.get("cluster"), Some(&32));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases: Vec<(Vec<(String, String)>, &str)> = vec![
+            (
+                env(&[("SAILSTREAM__INGEST__BATCH_SIZE", "0")]),
+                "ingest.batch_size",
+            ),
+            (
+                env(&[("SAILSTREAM__INGEST__BATCH_SIZE", "lots")]),
+                "ingest.batch_size",
+            ),
+            (env(&[("SAILSTREAM__STORE__NOPE", "1")]), "store.nope"),
+            (
+                env(&[("SAILSTREAM__KAFKA__COMPRESSION", "snappy")]),
+                "kafka.compression",
+            ),
+            (
+                env(&[("SAILSTREAM__METRICS__LISTEN", "localhost")]),
+                "metrics.listen",
+            ),
+            (
+                env(&[("SAILSTREAM__POSITIVES__ACTIONS", "like,teleport")]),
+                "positives.actions",
+            ),
+            (
+                env(&[("SAILSTREAM__KAFKA__TOPICS__DLQ", "sail.items")]),
+                "kafka.topics.dlq",
+            ),
+            (env(&[("SAILSTREAM__ID_SPACES__GID", "0")]), "id_spaces.gid"),
+        ];
+        for (vars, key) in cases {
+            let err = Config::from_layers(None, vars.clone()).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(key), "{vars:?}: '{text}' should name {key}");
+            assert_eq!(err.fault(), crate::error::Fault::User);
+        }
+    }
+
+    #[test]
+    fn unknown_key_in_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.toml");
+        std::fs::write(&file, "[ingest]\nbatch_sise = 10\n").unwrap();
+        let text = Config::from_layers(Some(&file), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("ingest"), "{text}");
+        assert!(text.contains("batch_sise"), "{text}");
+    }
+
+    #[test]
+    fn show_round_trips() {
+        let c = Config::default();
+        let text = c.to_toml().unwrap();
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back, c);
+    }
+}

@@ -1,0 +1,288 @@
+//! Ingest: sources of records, decoding, dead letters, and folding events into the online store.
+//!
+//! A [`Source`] yields raw records with their position (stream, partition, offset). The [`Ingestor`] decodes
+//! each one, folds valid events into state, sends invalid ones to the dead-letter sink, and commits the state
+//! together with the next offset of every partition it touched in one RocksDB batch. A record whose offset is
+//! below the stored position was already applied and is skipped, so redelivery after a crash counts nothing twice.
+
+pub mod dlq;
+pub mod files;
+pub mod kafka;
+pub mod log;
+mod state;
+pub mod worker;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use dlq::DeadLetterSink;
+pub use state::Positives;
+
+use crate::config::Config;
+use crate::error::Result;
+use crate::metrics as m;
+use crate::schema::{self, DeadLetter, InputKind};
+use crate::store::{LogRow, Store};
+
+/// One raw record and where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceRecord {
+    /// Namespace of the position: the Kafka topic, or `file:<absolute path>` for file replay.
+    pub stream: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// Contract the payload must satisfy (the input topic it belongs to).
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+}
+
+/// Where records come from. Implementations resume from the positions stored with the state.
+pub trait Source {
+    /// Up to `max` records. Waits at most `linger` for the batch to fill once it has started. `Ok(None)` means
+    /// the source is exhausted (file replay); `Ok(Some(empty))` means nothing arrived in time.
+    fn poll_batch(
+        &mut self,
+        max: usize,
+        linger: Duration,
+    ) -> impl std::future::Future<Output = Result<Option<Vec<SourceRecord>>>> + Send;
+
+    /// Tells the source that everything below these next-offsets is durably stored (Kafka: a commit hint for
+    /// lag tools; the store stays the source of truth).
+    fn committed(&mut self, positions: &[(String, i32, i64)]) -> Result<()>;
+}
+
+/// What one applied batch did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BatchReport {
+    pub records: usize,
+    pub applied: usize,
+    pub duplicates: usize,
+    pub dead_lettered: usize,
+    pub stale_items: usize,
+}
+
+impl std::ops::AddAssign for BatchReport {
+    fn add_assign(&mut self, o: Self) {
+        self.records += o.records;
+        self.applied += o.applied;
+        self.duplicates += o.duplicates;
+        self.dead_lettered += o.dead_lettered;
+        self.stale_items += o.stale_items;
+    }
+}
+
+pub struct Ingestor {
+    store: Arc<Store>,
+    config: Arc<Config>,
+    positives: Positives,
+    dlq: DeadLetterSink,
+    /// Next offset to apply per (stream, partition); mirrors the store's offsets family.
+    next: HashMap<(String, i32), i64>,
+    /// The offline event log, when enabled: rows are queued in the store with each batch, rolled into segments.
+    log: Option<(log::OfflineLog, log::LogSequence)>,
+}
+
+impl Ingestor {
+    pub fn new(store: Arc<Store>, config: Arc<Config>, dlq: DeadLetterSink) -> Result<Ingestor> {
+        let next = store.offsets()?.into_iter().collect();
+        let log = if config.offline_log.enabled {
+            Some((
+                log::OfflineLog::new(config.clone()),
+                log::LogSequence::load(&store)?,
+            ))
+        } else {
+            None
+        };
+        Ok(Ingestor {
+            positives: Positives::new(&config.positives),
+            store,
+            config,
+            dlq,
+            next,
+            log,
+        })
+    }
+
+    /// Writes pending offline-log rows into a segment when enough are pending (or they are old enough), or
+    /// always when `force` is set (shutdown, end of a replay).
+    pub fn roll_log(&mut self, force: bool) -> Result<Option<log::Segment>> {
+        let Some((log, seq)) = self.log.as_mut() else {
+            return Ok(None);
+        };
+        if !force && !log.due(seq) {
+            return Ok(None);
+        }
+        let segment = log.roll(&self.store, seq)?;
+        if let Some(s) = &segment {
+            metrics::counter!(m::LOG_SEGMENTS).increment(1);
+            metrics::counter!(m::LOG_ROWS).increment(s.rows as u64);
+            tracing::info!(
+                segment = s.number,
+                rows = s.rows,
+                "offline log segment written"
+            );
+        }
+        Ok(segment)
+    }
+
+    /// Reads the source until it is exhausted (files) or `stop` resolves (Kafka), committing batch by batch.
+    pub async fn run<S: Source>(
+        &mut self,
+        source: &mut S,
+        mut stop: impl std::future::Future<Output = ()> + Unpin,
+        mut on_batch: impl FnMut(&BatchReport),
+    ) -> Result<BatchReport> {
+        let max = self.config.ingest.batch_size;
+        let linger = Duration::from_millis(self.config.ingest.linger_ms);
+        let mut total = BatchReport::default();
+        loop {
+            let polled = tokio::select! {
+                biased;
+                _ = &mut stop => break,
+                polled = source.poll_batch(max, linger) => polled?,
+            };
+            let Some(records) = polled else { break };
+            if records.is_empty() {
+                continue;
+            }
+            let (report, positions) = self.apply(&records).await?;
+            source.committed(&positions)?;
+            self.roll_log(false)?;
+            on_batch(&report);
+            total += report;
+        }
+        self.roll_log(true)?;
+        Ok(total)
+    }
+
+    /// Decodes and folds one batch, dead-letters what fails, and commits state plus offsets atomically.
+    /// Returns the report and the (stream, partition, next offset) positions now stored.
+    pub async fn apply(
+        &mut self,
+        records: &[SourceRecord],
+    ) -> Result<(BatchReport, Vec<(String, i32, i64)>)> {
+        let started = Instant::now();
+        let mut report = BatchReport {
+            records: records.len(),
+            ..Default::default()
+        };
+        let mut fold = state::Fold::new(&self.store, &self.config, &self.positives);
+        let mut dead = Vec::new();
+        let mut moved: HashMap<(String, i32), i64> = HashMap::new();
+        let mut applied_by_topic: HashMap<&str, u64> = HashMap::new();
+        let mut log_rows = Vec::new();
+        let ingest_ts = now_ms();
+        for rec in records {
+            metrics::counter!(m::RECORDS_CONSUMED, "topic" => rec.topic.clone()).increment(1);
+            let pos = (rec.stream.clone(), rec.partition);
+            let next = moved
+                .get(&pos)
+                .or_else(|| self.next.get(&pos))
+                .copied()
+                .unwrap_or(i64::MIN);
+            if rec.offset < next {
+                report.duplicates += 1;
+                metrics::counter!(m::RECORDS_DUPLICATE, "topic" => rec.topic.clone()).increment(1);
+                continue;
+            }
+            moved.insert(pos, rec.offset + 1);
+            let decoded = match InputKind::for_topic(&self.config, &rec.topic) {
+                Some(kind) => schema::decode(kind, &rec.payload, &self.config),
+                None => Err(schema::DecodeError::new(
+                    "record",
+                    format!("topic '{}' has no input contract", rec.topic),
+                )),
+            };
+            match decoded {
+                Ok(event) => {
+                    if self.log.is_some() {
+                        log_rows.push(LogRow {
+                            topic: rec.topic.clone(),
+                            partition: rec.partition,
+                            offset: rec.offset,
+                            key: rec.key.clone(),
+                            payload: rec.payload.clone(),
+                            ingest_ts,
+                        });
+                    }
+                    if fold.apply(event)? {
+                        report.applied += 1;
+                        *applied_by_topic.entry(rec.topic.as_str()).or_default() += 1;
+                    } else {
+                        report.stale_items += 1;
+                        metrics::counter!(m::ITEMS_STALE, "topic" => rec.topic.clone())
+                            .increment(1);
+                    }
+                }
+                Err(err) => {
+                    metrics::counter!(m::RECORDS_DEAD_LETTERED,
+                        "topic" => rec.topic.clone(), "category" => err.category())
+                    .increment(1);
+                    tracing::debug!(topic = %rec.topic, partition = rec.partition, offset = rec.offset,
+                        error = %err, "dead-lettering record");
+                    dead.push(DeadLetter::new(
+                        &rec.topic,
+                        rec.partition,
+                        rec.offset,
+                        rec.key.as_deref(),
+                        &rec.payload,
+                        err,
+                        now_ms(),
+                    ));
+                }
+            }
+        }
+        report.dead_lettered = dead.len();
+        // Dead letters are delivered before the offsets move past them: a crash in between re-sends them
+        // (at-least-once in the DLQ) but never loses one.
+        self.dlq.send_all(&dead).await?;
+        let mut batch = self.store.batch();
+        fold.write_into(&mut batch)?;
+        let mut positions: Vec<(String, i32, i64)> = moved
+            .iter()
+            .map(|((s, p), o)| (s.clone(), *p, *o))
+            .collect();
+        positions.sort();
+        for (stream, partition, next) in &positions {
+            batch.set_offset(stream, *partition, *next)?;
+        }
+        let logged = log_rows.len() as u64;
+        if let Some((_, seq)) = &self.log {
+            let mut next_seq = seq.next_seq;
+            for row in &log_rows {
+                batch.append_log(next_seq, row)?;
+                next_seq += 1;
+            }
+            batch.set_job_u64(log::NEXT_SEQ_KEY, next_seq)?;
+        }
+        batch.add_events(report.records);
+        batch.commit()?;
+        self.next.extend(moved);
+        if let Some((_, seq)) = &mut self.log {
+            seq.next_seq += logged;
+            seq.pending += logged;
+            if logged > 0 && seq.oldest_pending.is_none() {
+                seq.oldest_pending = Some(Instant::now());
+            }
+        }
+        for (topic, n) in applied_by_topic {
+            metrics::counter!(m::RECORDS_APPLIED, "topic" => topic.to_string()).increment(n);
+        }
+        metrics::histogram!(m::STORE_BATCH_RECORDS).record(report.records as f64);
+        metrics::histogram!(m::STORE_COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+        Ok((report, positions))
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

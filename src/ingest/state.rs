@@ -1,0 +1,243 @@
+//! Folding decoded events into store state, with an in-memory overlay so that several events on the same key
+//! in one batch see each other before the batch is written.
+
+use std::collections::HashMap;
+
+use crate::config::{Config, PositivesConfig};
+use crate::error::Result;
+use crate::schema::{Action, Behaviour, Event, IdEmbedding, Item};
+use crate::store::{HistoryEntry, ItemStats, StateBatch, Store};
+
+/// The one definition of a positive interaction, shared by the stream and (later) the batch jobs.
+#[derive(Debug, Clone)]
+pub struct Positives {
+    actions: Vec<Action>,
+    dwell_actions: Vec<Action>,
+    min_dwell_ms: u64,
+    min_rating: f64,
+}
+
+impl Positives {
+    pub fn new(c: &PositivesConfig) -> Positives {
+        Positives {
+            actions: c.actions.clone(),
+            dwell_actions: c.dwell_actions.clone(),
+            min_dwell_ms: c.min_dwell_ms,
+            min_rating: c.min_rating,
+        }
+    }
+
+    pub fn is_positive(&self, b: &Behaviour) -> bool {
+        self.actions.contains(&b.action)
+            || (self.dwell_actions.contains(&b.action) && b.dwell_ms >= self.min_dwell_ms)
+            || b.rating.is_some_and(|r| r >= self.min_rating)
+    }
+}
+
+pub(super) struct Fold<'a> {
+    store: &'a Store,
+    history_cap: usize,
+    positives_cap: usize,
+    positives: &'a Positives,
+    items: HashMap<String, Option<Item>>,
+    stats: HashMap<String, ItemStats>,
+    histories: HashMap<String, Vec<HistoryEntry>>,
+    user_positives: HashMap<String, Vec<HistoryEntry>>,
+    id_embeddings: HashMap<(String, String), Option<u64>>,
+    id_embedding_writes: Vec<IdEmbedding>,
+    dirty_items: Vec<String>,
+}
+
+impl<'a> Fold<'a> {
+    pub fn new(store: &'a Store, config: &Config, positives: &'a Positives) -> Fold<'a> {
+        Fold {
+            store,
+            history_cap: config.store.history_cap,
+            positives_cap: config.store.positives_cap,
+            positives,
+            items: HashMap::new(),
+            stats: HashMap::new(),
+            histories: HashMap::new(),
+            user_positives: HashMap::new(),
+            id_embeddings: HashMap::new(),
+            id_embedding_writes: Vec::new(),
+            dirty_items: Vec::new(),
+        }
+    }
+
+    /// Applies one event. Returns false when it was a stale item or ID-embedding version (ignored).
+    pub fn apply(&mut self, event: Event) -> Result<bool> {
+        match event {
+            Event::Item(item) => self.apply_item(*item),
+            Event::Behaviour(b) => self.apply_behaviour(b).map(|_| true),
+            Event::IdEmbedding(e) => self.apply_id_embedding(e),
+        }
+    }
+
+    fn apply_item(&mut self, item: Item) -> Result<bool> {
+        if !self.items.contains_key(&item.item_id) {
+            let stored = self.store.item(&item.item_id)?;
+            self.items.insert(item.item_id.clone(), stored);
+        }
+        let slot = self.items.get_mut(&item.item_id).expect("inserted above");
+        if slot.as_ref().is_some_and(|cur| cur.version >= item.version) {
+            return Ok(false);
+        }
+        if !self.dirty_items.contains(&item.item_id) {
+            self.dirty_items.push(item.item_id.clone());
+        }
+        *slot = Some(item);
+        Ok(true)
+    }
+
+    fn apply_behaviour(&mut self, b: Behaviour) -> Result<()> {
+        let positive = self.positives.is_positive(&b);
+        let entry = HistoryEntry {
+            item_id: b.item_id.clone(),
+            action: b.action,
+            ts: b.ts,
+            dwell_ms: b.dwell_ms.min(u32::MAX as u64) as u32,
+            rating: b.rating.map(|r| r as f32),
+        };
+
+        let store = self.store;
+        let stats = match self.stats.entry(b.item_id.clone()) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(store.item_stats(&b.item_id)?.unwrap_or_default())
+            }
+        };
+        if stats.events == 0 {
+            stats.first_ts = b.ts;
+            stats.last_ts = b.ts;
+        }
+        stats.events += 1;
+        stats.positives += positive as u64;
+        stats.first_ts = stats.first_ts.min(b.ts);
+        stats.last_ts = stats.last_ts.max(b.ts);
+
+        let history = match self.histories.entry(b.user_id.clone()) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(store.user_history(&b.user_id)?)
+            }
+        };
+        insert_capped(history, entry.clone(), self.history_cap);
+
+        if positive {
+            let list = match self.user_positives.entry(b.user_id.clone()) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(store.user_positives(&b.user_id)?)
+                }
+            };
+            insert_capped(list, entry, self.positives_cap);
+        }
+        Ok(())
+    }
+
+    fn apply_id_embedding(&mut self, e: IdEmbedding) -> Result<bool> {
+        let key = (e.item_id.clone(), e.space.clone());
+        if !self.id_embeddings.contains_key(&key) {
+            let stored = self
+                .store
+                .id_embedding(&e.item_id, &e.space)?
+                .map(|(v, _, _)| v);
+            self.id_embeddings.insert(key.clone(), stored);
+        }
+        let slot = self.id_embeddings.get_mut(&key).expect("inserted above");
+        if slot.is_some_and(|v| v >= e.version) {
+            return Ok(false);
+        }
+        *slot = Some(e.version);
+        self.id_embedding_writes
+            .retain(|w| !(w.item_id == e.item_id && w.space == e.space));
+        self.id_embedding_writes.push(e);
+        Ok(true)
+    }
+
+    pub fn write_into(self, batch: &mut StateBatch<'_>) -> Result<()> {
+        for id in &self.dirty_items {
+            if let Some(Some(item)) = self.items.get(id) {
+                batch.put_item(item)?;
+            }
+        }
+        for (id, stats) in &self.stats {
+            batch.put_item_stats(id, stats)?;
+        }
+        for (user, list) in &self.histories {
+            batch.put_user_history(user, list)?;
+        }
+        for (user, list) in &self.user_positives {
+            batch.put_user_positives(user, list)?;
+        }
+        for e in &self.id_embedding_writes {
+            batch.put_id_embedding(e)?;
+        }
+        Ok(())
+    }
+}
+
+/// Keeps `list` ordered by timestamp (arrival order among equal timestamps) and at most `cap` long, dropping the
+/// oldest. Events mostly arrive in order, so the insertion point is found from the back.
+fn insert_capped(list: &mut Vec<HistoryEntry>, entry: HistoryEntry, cap: usize) {
+    let at = list
+        .iter()
+        .rposition(|e| e.ts <= entry.ts)
+        .map_or(0, |i| i + 1);
+    list.insert(at, entry);
+    if list.len() > cap {
+        let excess = list.len() - cap;
+        list.drain(..excess);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, ts: i64) -> HistoryEntry {
+        HistoryEntry {
+            item_id: id.into(),
+            action: Action::Play,
+            ts,
+            dwell_ms: 0,
+            rating: None,
+        }
+    }
+
+    #[test]
+    fn capped_history_keeps_newest_in_time_order() {
+        let mut l = Vec::new();
+        for (id, ts) in [("a", 5), ("b", 1), ("c", 9), ("d", 5), ("e", 7)] {
+            insert_capped(&mut l, entry(id, ts), 3);
+        }
+        let ids: Vec<_> = l.iter().map(|e| e.item_id.as_str()).collect();
+        assert_eq!(ids, ["d", "e", "c"]);
+    }
+
+    #[test]
+    fn positives_follow_config() {
+        let p = Positives::new(&Config::default().positives);
+        let mut b = Behaviour {
+            user_id: "u".into(),
+            item_id: "i".into(),
+            action: Action::Play,
+            dwell_ms: 9_999,
+            ts: 1_700_000_000_000,
+            rating: None,
+            context: None,
+        };
+        assert!(!p.is_positive(&b));
+        b.dwell_ms = 10_000;
+        assert!(p.is_positive(&b), "long play");
+        b.action = Action::Click;
+        assert!(!p.is_positive(&b), "dwell only counts for dwell_actions");
+        b.action = Action::Rate;
+        b.rating = Some(4.0);
+        assert!(p.is_positive(&b), "rating at threshold");
+        b.action = Action::Like;
+        b.rating = None;
+        assert!(p.is_positive(&b));
+    }
+}

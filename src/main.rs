@@ -1,0 +1,133 @@
+//! The `sailstream` command line.
+
+mod cli;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "sailstream",
+    version,
+    about = "Real-time content and behaviour features for recommenders"
+)]
+struct Cli {
+    /// Pipeline config file (TOML) layered over the built-in defaults; SAILSTREAM__SECTION__KEY variables
+    /// override both.
+    #[arg(short, long, global = true, env = "SAILSTREAM_CONFIG")]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Replay the bundled sample (the configured ingest.files) into the store and print what was stored.
+    Demo,
+    /// Consume sail.items, sail.behaviours and sail.id_embeddings from Kafka into the store and the offline
+    /// log until SIGTERM/SIGINT (then drain, flush and exit 0). Serves /metrics.
+    Worker,
+    /// Replay files into the store; with no --file, the configured ingest.files. Resumes where it stopped.
+    Replay {
+        /// A file to replay, as PATH:TOPIC (format from the extension: .jsonl or .parquet). Repeatable.
+        #[arg(long = "file", value_name = "PATH:TOPIC")]
+        files: Vec<String>,
+        /// Where dead letters go (JSONL); default: dlq.jsonl beside the store.
+        #[arg(long)]
+        dlq: Option<PathBuf>,
+    },
+    /// Inspect or change configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Inspect or back up the online store.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+    /// Check that the real parts are installed and usable: store, ONNX Runtime, broker binary.
+    Doctor,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration (defaults, then file, then environment).
+    Show,
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Keys per column family and stored source positions.
+    Stats,
+    /// Write a consistent copy of the store to DEST (a new directory), usable as a backup or read-only replica.
+    Checkpoint { dest: PathBuf },
+    /// Print one item as stored.
+    Item { item_id: String },
+    /// Print one user's history and positives.
+    User { user_id: String },
+}
+
+fn main() -> ExitCode {
+    let args = Cli::parse();
+    let config = match sailstream::Config::load(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    cli::init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match args.command {
+            Command::Demo => cli::demo(&config).await,
+            Command::Worker => cli::worker(&config).await,
+            Command::Replay { files, dlq } => cli::replay(&config, &files, dlq).await.map(|_| ()),
+            Command::Config {
+                command: ConfigCommand::Show,
+            } => cli::config_show(&config),
+            Command::Store { command } => match command {
+                StoreCommand::Stats => cli::store_stats(&config),
+                StoreCommand::Checkpoint { dest } => cli::store_checkpoint(&config, &dest),
+                StoreCommand::Item { item_id } => cli::store_item(&config, &item_id),
+                StoreCommand::User { user_id } => cli::store_user(&config, &user_id),
+            },
+            Command::Doctor => cli::doctor(&config),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let fault = match e.fault() {
+                sailstream::Fault::User => "fix the input or config",
+                sailstream::Fault::External => {
+                    if e.is_retryable() {
+                        "external, retryable"
+                    } else {
+                        "external"
+                    }
+                }
+                sailstream::Fault::Internal => "internal: please report",
+            };
+            eprintln!("error: {e} ({fault})");
+            ExitCode::from(match e.fault() {
+                sailstream::Fault::User => 2,
+                _ => 1,
+            })
+        }
+    }
+}

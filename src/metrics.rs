@@ -1,0 +1,75 @@
+//! Metric names (constants, so dashboards and docs can rely on them) and the Prometheus endpoint.
+//!
+//! Labels are fixed per metric and listed beside each name; label values come from small closed sets
+//! (topic names from config, reason categories from [`crate::schema::DecodeError::category`]).
+
+use std::net::SocketAddr;
+
+use metrics_exporter_prometheus::PrometheusBuilder;
+
+use crate::error::{Error, Result};
+
+/// Counter, labels: topic. Records read from a source.
+pub const RECORDS_CONSUMED: &str = "sailstream_records_consumed_total";
+/// Counter, labels: topic. Records whose effect was committed to the store.
+pub const RECORDS_APPLIED: &str = "sailstream_records_applied_total";
+/// Counter, labels: topic. Records skipped because their offset was already applied (redelivery after a crash).
+pub const RECORDS_DUPLICATE: &str = "sailstream_records_duplicate_total";
+/// Counter, labels: topic, category (malformed | oversized | invalid).
+pub const RECORDS_DEAD_LETTERED: &str = "sailstream_records_dead_lettered_total";
+/// Counter, labels: topic. Item updates ignored because a newer version is stored.
+pub const ITEMS_STALE: &str = "sailstream_items_stale_total";
+/// Histogram, no labels. Records per committed store batch.
+pub const STORE_BATCH_RECORDS: &str = "sailstream_store_batch_records";
+/// Histogram, no labels. Seconds to commit one store batch.
+pub const STORE_COMMIT_SECONDS: &str = "sailstream_store_commit_seconds";
+/// Counter, no labels. Offline-log segments written.
+pub const LOG_SEGMENTS: &str = "sailstream_offline_log_segments_total";
+/// Counter, no labels. Events written into offline-log segments.
+pub const LOG_ROWS: &str = "sailstream_offline_log_rows_total";
+/// Counter, labels: stage (apply). Batches retried after an external failure (broker, disk).
+pub const RETRIES: &str = "sailstream_retries_total";
+/// Gauge, labels: topic, partition. Messages behind the partition's high watermark (librdkafka statistics).
+pub const CONSUMER_LAG: &str = "sailstream_kafka_consumer_lag";
+/// Counter, no labels. Errors reported by the Kafka client (broker unreachable, ...); it keeps retrying.
+pub const KAFKA_ERRORS: &str = "sailstream_kafka_errors_total";
+/// Counter, labels: kind (assign | revoke). Kafka consumer-group rebalances seen.
+pub const KAFKA_REBALANCES: &str = "sailstream_kafka_rebalances_total";
+
+/// Starts the Prometheus scrape endpoint (`GET /metrics` on `addr`) and installs the global recorder.
+/// Must be called inside a Tokio runtime.
+pub fn install_prometheus(addr: SocketAddr) -> Result<()> {
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .map_err(|e| Error::Metrics(format!("starting Prometheus endpoint on {addr}: {e}")))?;
+    describe();
+    tracing::info!(%addr, "Prometheus metrics endpoint listening");
+    Ok(())
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_histogram};
+    describe_counter!(RECORDS_CONSUMED, "Records read from a source");
+    describe_counter!(
+        RECORDS_APPLIED,
+        "Records whose effect was committed to the store"
+    );
+    describe_counter!(RECORDS_DUPLICATE, "Records skipped as already applied");
+    describe_counter!(
+        RECORDS_DEAD_LETTERED,
+        "Records sent to the dead-letter topic"
+    );
+    describe_counter!(ITEMS_STALE, "Item updates older than the stored version");
+    describe_histogram!(STORE_BATCH_RECORDS, "Records per committed store batch");
+    describe_histogram!(STORE_COMMIT_SECONDS, "Seconds to commit one store batch");
+    describe_counter!(KAFKA_REBALANCES, "Kafka consumer-group rebalances");
+    describe_counter!(LOG_SEGMENTS, "Offline-log segments written");
+    describe_counter!(LOG_ROWS, "Events written into offline-log segments");
+    describe_counter!(KAFKA_ERRORS, "Errors reported by the Kafka client");
+    describe_counter!(RETRIES, "Batches retried after an external failure");
+    metrics::describe_gauge!(
+        CONSUMER_LAG,
+        "Messages behind the high watermark per partition"
+    );
+}

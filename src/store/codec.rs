@@ -1,0 +1,392 @@
+//! Key and value encodings of the online store.
+//!
+//! Every key starts with a one-byte key-encoding version and every value with a one-byte value-encoding
+//! version, so that a later release can change a layout and still read (or refuse clearly) what an older one
+//! wrote. Current layouts, all integers big-endian in keys (so they sort) and little-endian in values:
+//!
+//! | column family    | key (v1)                                   | value (v1)                                    |
+//! |------------------|--------------------------------------------|-----------------------------------------------|
+//! | `meta`           | ascii name                                 | raw (format_version: u32 BE)                  |
+//! | `offsets`        | 01 · topic · 00 · partition i32 BE         | 01 · next offset i64 LE                       |
+//! | `items`          | 01 · item_id                               | 01 · JSON of [`Item`]                         |
+//! | `item_stats`     | 01 · item_id                               | 01 · [`ItemStats`] (4 × 8 bytes)              |
+//! | `user_histories` | 01 · user_id                               | 01 · [`HistoryEntry`] list, oldest first      |
+//! | `user_positives` | 01 · user_id                               | 01 · [`HistoryEntry`] list, oldest first      |
+//! | `id_embeddings`  | 01 · item_id · 00 · space                  | 01 · version u64 · ts i64 · dim u32 · f32 × dim |
+//! | `log_pending`    | 01 · sequence u64 BE                       | 01 · [`LogRow`]                               |
+//! | `job_state`      | ascii name                                 | 01 · u64 LE (counters)                        |
+//!
+//! Ids are printable ASCII (no 0x00), so 0x00 is a safe separator. The per-concern families reserved for
+//! later stages (`item_embeddings`, `user_interests`, `teacher_targets`, `semantic_ids`, `job_state`) follow
+//! the same version-byte rule.
+
+use crate::error::{Error, Result};
+use crate::schema::{Action, IdEmbedding, Item};
+
+pub const KEY_V1: u8 = 1;
+pub const VALUE_V1: u8 = 1;
+
+pub fn id_key(id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + id.len());
+    k.push(KEY_V1);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+pub fn decode_id_key(key: &[u8]) -> Result<&str> {
+    match key.split_first() {
+        Some((&KEY_V1, rest)) => std::str::from_utf8(rest).map_err(|_| corrupt("id key not UTF-8")),
+        _ => Err(corrupt("unknown key version")),
+    }
+}
+
+pub fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(6 + topic.len());
+    k.push(KEY_V1);
+    k.extend_from_slice(topic.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
+pub fn decode_offset_key(key: &[u8]) -> Result<(String, i32)> {
+    let rest = match key.split_first() {
+        Some((&KEY_V1, rest)) if rest.len() >= 5 => rest,
+        _ => return Err(corrupt("offset key")),
+    };
+    let (topic, part) = rest.split_at(rest.len() - 5);
+    if part[0] != 0 {
+        return Err(corrupt("offset key separator"));
+    }
+    let partition = i32::from_be_bytes(part[1..5].try_into().expect("4 bytes"));
+    let topic = std::str::from_utf8(topic).map_err(|_| corrupt("offset key topic"))?;
+    Ok((topic.to_string(), partition))
+}
+
+pub fn encode_offset(next: i64) -> Vec<u8> {
+    let mut v = vec![VALUE_V1];
+    v.extend_from_slice(&next.to_le_bytes());
+    v
+}
+
+pub fn decode_offset(value: &[u8]) -> Result<i64> {
+    let body = versioned(value, "offset")?;
+    let bytes: [u8; 8] = body.try_into().map_err(|_| corrupt("offset length"))?;
+    Ok(i64::from_le_bytes(bytes))
+}
+
+pub fn id_embedding_key(item_id: &str, space: &str) -> Vec<u8> {
+    let mut k = id_key(item_id);
+    k.push(0);
+    k.extend_from_slice(space.as_bytes());
+    k
+}
+
+pub fn encode_item(item: &Item) -> Result<Vec<u8>> {
+    let mut v = vec![VALUE_V1];
+    serde_json::to_writer(&mut v, item)
+        .map_err(|e| Error::Internal(format!("encode item: {e}")))?;
+    Ok(v)
+}
+
+pub fn decode_item(value: &[u8]) -> Result<Item> {
+    serde_json::from_slice(versioned(value, "item")?).map_err(|e| corrupt(&format!("item: {e}")))
+}
+
+/// Running counters per item, kept current by ingest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ItemStats {
+    pub events: u64,
+    pub positives: u64,
+    pub first_ts: i64,
+    pub last_ts: i64,
+}
+
+pub fn encode_stats(s: &ItemStats) -> Vec<u8> {
+    let mut v = Vec::with_capacity(33);
+    v.push(VALUE_V1);
+    v.extend_from_slice(&s.events.to_le_bytes());
+    v.extend_from_slice(&s.positives.to_le_bytes());
+    v.extend_from_slice(&s.first_ts.to_le_bytes());
+    v.extend_from_slice(&s.last_ts.to_le_bytes());
+    v
+}
+
+pub fn decode_stats(value: &[u8]) -> Result<ItemStats> {
+    let b = versioned(value, "item stats")?;
+    if b.len() != 32 {
+        return Err(corrupt("item stats length"));
+    }
+    let word = |i: usize| <[u8; 8]>::try_from(&b[i * 8..i * 8 + 8]).expect("8 bytes");
+    Ok(ItemStats {
+        events: u64::from_le_bytes(word(0)),
+        positives: u64::from_le_bytes(word(1)),
+        first_ts: i64::from_le_bytes(word(2)),
+        last_ts: i64::from_le_bytes(word(3)),
+    })
+}
+
+/// One behaviour kept in a user's history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryEntry {
+    pub item_id: String,
+    pub action: Action,
+    pub ts: i64,
+    pub dwell_ms: u32,
+    pub rating: Option<f32>,
+}
+
+pub fn encode_history(entries: &[HistoryEntry]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(5 + entries.len() * 32);
+    v.push(VALUE_V1);
+    v.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    for e in entries {
+        v.extend_from_slice(&e.ts.to_le_bytes());
+        v.extend_from_slice(&e.dwell_ms.to_le_bytes());
+        v.extend_from_slice(&e.rating.unwrap_or(f32::NAN).to_le_bytes());
+        v.push(e.action.code());
+        v.extend_from_slice(&(e.item_id.len() as u16).to_le_bytes());
+        v.extend_from_slice(e.item_id.as_bytes());
+    }
+    v
+}
+
+pub fn decode_history(value: &[u8]) -> Result<Vec<HistoryEntry>> {
+    let mut r = Reader(versioned(value, "history")?);
+    let n = r.u32()? as usize;
+    let mut out = Vec::with_capacity(n.min(100_000));
+    for _ in 0..n {
+        let ts = i64::from_le_bytes(r.take()?);
+        let dwell_ms = u32::from_le_bytes(r.take()?);
+        let rating = f32::from_le_bytes(r.take()?);
+        let [code] = r.take()?;
+        let action = Action::from_code(code).ok_or_else(|| corrupt("history action code"))?;
+        let len = u16::from_le_bytes(r.take()?) as usize;
+        let item_id = std::str::from_utf8(r.bytes(len)?)
+            .map_err(|_| corrupt("history item id"))?
+            .to_string();
+        out.push(HistoryEntry {
+            item_id,
+            action,
+            ts,
+            dwell_ms,
+            rating: (!rating.is_nan()).then_some(rating),
+        });
+    }
+    Ok(out)
+}
+
+pub fn encode_id_embedding(e: &IdEmbedding) -> Vec<u8> {
+    let mut v = Vec::with_capacity(21 + e.vector.len() * 4);
+    v.push(VALUE_V1);
+    v.extend_from_slice(&e.version.to_le_bytes());
+    v.extend_from_slice(&e.ts.to_le_bytes());
+    v.extend_from_slice(&(e.vector.len() as u32).to_le_bytes());
+    for x in &e.vector {
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v
+}
+
+/// Stored ID embedding: (version, ts, vector).
+pub fn decode_id_embedding(value: &[u8]) -> Result<(u64, i64, Vec<f32>)> {
+    let mut r = Reader(versioned(value, "id embedding")?);
+    let version = u64::from_le_bytes(r.take()?);
+    let ts = i64::from_le_bytes(r.take()?);
+    let dim = r.u32()? as usize;
+    let raw = r.bytes(dim * 4)?;
+    let vector = raw
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+        .collect();
+    Ok((version, ts, vector))
+}
+
+pub fn encode_u64(v: u64) -> Vec<u8> {
+    let mut out = vec![VALUE_V1];
+    out.extend_from_slice(&v.to_le_bytes());
+    out
+}
+
+pub fn decode_u64(value: &[u8]) -> Result<u64> {
+    let b: [u8; 8] = versioned(value, "counter")?
+        .try_into()
+        .map_err(|_| corrupt("counter length"))?;
+    Ok(u64::from_le_bytes(b))
+}
+
+pub fn seq_key(seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(KEY_V1);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+pub fn decode_seq_key(key: &[u8]) -> Result<u64> {
+    match key.split_first() {
+        Some((&KEY_V1, rest)) if rest.len() == 8 => {
+            Ok(u64::from_be_bytes(rest.try_into().expect("8 bytes")))
+        }
+        _ => Err(corrupt("log sequence key")),
+    }
+}
+
+/// One event waiting for the offline log: where it came from and its original bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRow {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    /// When sailstream ingested it, milliseconds since the Unix epoch.
+    pub ingest_ts: i64,
+}
+
+pub fn encode_log_row(r: &LogRow) -> Vec<u8> {
+    let key_len = r.key.as_ref().map_or(0, Vec::len);
+    let mut v = Vec::with_capacity(32 + r.topic.len() + key_len + r.payload.len());
+    v.push(VALUE_V1);
+    v.extend_from_slice(&r.partition.to_le_bytes());
+    v.extend_from_slice(&r.offset.to_le_bytes());
+    v.extend_from_slice(&r.ingest_ts.to_le_bytes());
+    v.extend_from_slice(&(r.topic.len() as u32).to_le_bytes());
+    v.extend_from_slice(r.topic.as_bytes());
+    match &r.key {
+        Some(k) => {
+            v.push(1);
+            v.extend_from_slice(&(k.len() as u32).to_le_bytes());
+            v.extend_from_slice(k);
+        }
+        None => v.push(0),
+    }
+    v.extend_from_slice(&(r.payload.len() as u32).to_le_bytes());
+    v.extend_from_slice(&r.payload);
+    v
+}
+
+pub fn decode_log_row(value: &[u8]) -> Result<LogRow> {
+    let mut r = Reader(versioned(value, "log row")?);
+    let partition = i32::from_le_bytes(r.take()?);
+    let offset = i64::from_le_bytes(r.take()?);
+    let ingest_ts = i64::from_le_bytes(r.take()?);
+    let topic_len = r.u32()? as usize;
+    let topic = std::str::from_utf8(r.bytes(topic_len)?)
+        .map_err(|_| corrupt("log row topic"))?
+        .to_string();
+    let [has_key] = r.take()?;
+    let key = if has_key == 1 {
+        let n = r.u32()? as usize;
+        Some(r.bytes(n)?.to_vec())
+    } else {
+        None
+    };
+    let n = r.u32()? as usize;
+    let payload = r.bytes(n)?.to_vec();
+    Ok(LogRow {
+        topic,
+        partition,
+        offset,
+        key,
+        payload,
+        ingest_ts,
+    })
+}
+
+fn versioned<'a>(value: &'a [u8], what: &str) -> Result<&'a [u8]> {
+    match value.split_first() {
+        Some((&VALUE_V1, rest)) => Ok(rest),
+        Some((v, _)) => Err(corrupt(&format!(
+            "{what}: value encoding v{v} is unknown to this build"
+        ))),
+        None => Err(corrupt(&format!("{what}: empty value"))),
+    }
+}
+
+fn corrupt(context: &str) -> Error {
+    Error::StoreCorrupt {
+        context: context.to_string(),
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8]> {
+        if self.0.len() < n {
+            return Err(corrupt("value truncated"));
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+    fn take<const N: usize>(&mut self) -> Result<[u8; N]> {
+        Ok(self.bytes(N)?.try_into().expect("N bytes"))
+    }
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.take()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offset_key_round_trip_and_order() {
+        let k = offset_key("sail.items", 7);
+        assert_eq!(decode_offset_key(&k).unwrap(), ("sail.items".into(), 7));
+        assert!(offset_key("sail.items", 1) < offset_key("sail.items", 2));
+        assert_eq!(decode_offset(&encode_offset(42)).unwrap(), 42);
+    }
+
+    #[test]
+    fn history_round_trip() {
+        let h = vec![
+            HistoryEntry {
+                item_id: "a".into(),
+                action: Action::Like,
+                ts: 1_700_000_000_000,
+                dwell_ms: 12,
+                rating: None,
+            },
+            HistoryEntry {
+                item_id: "item-42".into(),
+                action: Action::Rate,
+                ts: 1_700_000_000_001,
+                dwell_ms: 0,
+                rating: Some(4.5),
+            },
+        ];
+        assert_eq!(decode_history(&encode_history(&h)).unwrap(), h);
+    }
+
+    #[test]
+    fn log_row_round_trip() {
+        for key in [None, Some(b"k".to_vec())] {
+            let row = LogRow {
+                topic: "sail.items".into(),
+                partition: 3,
+                offset: 77,
+                key,
+                payload: b"{}".to_vec(),
+                ingest_ts: 5,
+            };
+            assert_eq!(decode_log_row(&encode_log_row(&row)).unwrap(), row);
+        }
+        assert_eq!(decode_seq_key(&seq_key(9)).unwrap(), 9);
+        assert!(seq_key(255) < seq_key(256));
+    }
+
+    #[test]
+    fn unknown_value_version_is_refused() {
+        let mut v = encode_offset(1);
+        v[0] = 9;
+        let err = decode_offset(&v).unwrap_err().to_string();
+        assert!(err.contains("v9"), "{err}");
+        assert!(
+            decode_history(&[VALUE_V1, 5, 0, 0, 0]).is_err(),
+            "truncated"
+        );
+    }
+}

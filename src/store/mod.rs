@@ -1,0 +1,489 @@
+//! The online store: RocksDB, one column family per concern.
+//!
+//! State and the source offsets that produced it are written in one atomic `WriteBatch` ([`StateBatch`]), so a
+//! crash can never separate them: on restart a source resumes exactly after the last event whose effect is
+//! stored. Key and value layouts are in [`codec`].
+
+pub mod codec;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch};
+
+use crate::error::{Error, Result};
+use crate::schema::{IdEmbedding, Item};
+pub use codec::{HistoryEntry, ItemStats, LogRow};
+
+/// On-disk format this build writes. Bumped when a layout changes incompatibly.
+pub const FORMAT_VERSION: u32 = 1;
+const FORMAT_KEY: &[u8] = b"format_version";
+
+/// Column families, one per concern.
+pub mod cf {
+    pub const META: &str = "meta";
+    pub const OFFSETS: &str = "offsets";
+    pub const ITEMS: &str = "items";
+    pub const ITEM_STATS: &str = "item_stats";
+    pub const USER_HISTORIES: &str = "user_histories";
+    pub const USER_POSITIVES: &str = "user_positives";
+    pub const ID_EMBEDDINGS: &str = "id_embeddings";
+    pub const ITEM_EMBEDDINGS: &str = "item_embeddings";
+    pub const USER_INTERESTS: &str = "user_interests";
+    pub const TEACHER_TARGETS: &str = "teacher_targets";
+    pub const SEMANTIC_IDS: &str = "semantic_ids";
+    pub const JOB_STATE: &str = "job_state";
+    pub const LOG_PENDING: &str = "log_pending";
+
+    pub const ALL: [&str; 13] = [
+        META,
+        OFFSETS,
+        ITEMS,
+        ITEM_STATS,
+        USER_HISTORIES,
+        USER_POSITIVES,
+        ID_EMBEDDINGS,
+        ITEM_EMBEDDINGS,
+        USER_INTERESTS,
+        TEACHER_TARGETS,
+        SEMANTIC_IDS,
+        JOB_STATE,
+        LOG_PENDING,
+    ];
+}
+
+pub struct Store {
+    db: DB,
+    path: PathBuf,
+    read_only: bool,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .field("read_only", &self.read_only)
+            .finish()
+    }
+}
+
+fn db_options() -> Options {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    opts.set_bottommost_compression_type(rocksdb::DBCompressionType::Zstd);
+    opts.increase_parallelism(2);
+    opts
+}
+
+fn cf_options(name: &str) -> Options {
+    let mut opts = db_options();
+    if name != cf::META && name != cf::OFFSETS {
+        // Point lookups dominate (serving, read-modify-write in ingest): bloom filters save disk reads.
+        let mut table = rocksdb::BlockBasedOptions::default();
+        table.set_bloom_filter(10.0, false);
+        opts.set_block_based_table_factory(&table);
+    }
+    opts
+}
+
+impl Store {
+    /// Opens (creating if needed) the store for reading and writing. Only one process may hold it.
+    pub fn open(path: impl AsRef<Path>) -> Result<Store> {
+        let path = path.as_ref().to_path_buf();
+        std::fs::create_dir_all(&path)
+            .map_err(|e| Error::io(format!("creating store directory {}", path.display()), e))?;
+        let opts = db_options();
+        let names = Self::all_cf_names(&opts, &path);
+        let descriptors = names
+            .iter()
+            .map(|n| ColumnFamilyDescriptor::new(n, cf_options(n)));
+        let db =
+            DB::open_cf_descriptors(&opts, &path, descriptors).map_err(|e| open_error(&path, e))?;
+        let store = Store {
+            db,
+            path,
+            read_only: false,
+        };
+        store.check_format(true)?;
+        Ok(store)
+    }
+
+    /// Opens an existing store (or a checkpoint of one) read-only; works while a writer holds the live store.
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Store> {
+        let path = path.as_ref().to_path_buf();
+        if !path.join("CURRENT").exists() {
+            return Err(Error::invalid(
+                "store path",
+                format!(
+                    "{} is not a sailstream store (no CURRENT file)",
+                    path.display()
+                ),
+            ));
+        }
+        let opts = db_options();
+        let names = Self::all_cf_names(&opts, &path);
+        let db = DB::open_cf_for_read_only(&opts, &path, &names, false)
+            .map_err(|e| open_error(&path, e))?;
+        let store = Store {
+            db,
+            path,
+            read_only: true,
+        };
+        store.check_format(false)?;
+        Ok(store)
+    }
+
+    /// Ours plus any family a newer build added (RocksDB refuses to open without naming them all).
+    fn all_cf_names(opts: &Options, path: &Path) -> Vec<String> {
+        let mut names: Vec<String> = cf::ALL.iter().map(|s| s.to_string()).collect();
+        if let Ok(existing) = DB::list_cf(opts, path) {
+            for name in existing {
+                if name != "default" && !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+        names
+    }
+
+    fn check_format(&self, write_if_missing: bool) -> Result<()> {
+        let meta = self.cf(cf::META)?;
+        match self
+            .db
+            .get_cf(meta, FORMAT_KEY)
+            .map_err(|e| Error::rocks("reading format version", e))?
+        {
+            Some(raw) => {
+                let found = u32::from_be_bytes(raw.as_slice().try_into().map_err(|_| {
+                    Error::StoreCorrupt {
+                        context: "format_version is not 4 bytes".into(),
+                    }
+                })?);
+                if found > FORMAT_VERSION {
+                    return Err(Error::StoreFormatTooNew {
+                        path: self.path.clone(),
+                        found,
+                        supported: FORMAT_VERSION,
+                    });
+                }
+                Ok(())
+            }
+            None if write_if_missing => self
+                .db
+                .put_cf(meta, FORMAT_KEY, FORMAT_VERSION.to_be_bytes())
+                .map_err(|e| Error::rocks("writing format version", e)),
+            None => Ok(()),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily> {
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| Error::Internal(format!("column family {name} not open")))
+    }
+
+    fn get(&self, family: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.db
+            .get_cf(self.cf(family)?, key)
+            .map_err(|e| Error::rocks(format!("get from {family}"), e))
+    }
+
+    /// Starts an atomic batch of state changes and offsets.
+    pub fn batch(&self) -> StateBatch<'_> {
+        StateBatch {
+            store: self,
+            batch: WriteBatch::default(),
+            events: 0,
+        }
+    }
+
+    /// Next offset to read per (topic, partition), as last committed with state.
+    pub fn offsets(&self) -> Result<BTreeMap<(String, i32), i64>> {
+        let mut out = BTreeMap::new();
+        for entry in self
+            .db
+            .iterator_cf(self.cf(cf::OFFSETS)?, IteratorMode::Start)
+        {
+            let (k, v) = entry.map_err(|e| Error::rocks("scanning offsets", e))?;
+            out.insert(codec::decode_offset_key(&k)?, codec::decode_offset(&v)?);
+        }
+        Ok(out)
+    }
+
+    pub fn offset(&self, topic: &str, partition: i32) -> Result<Option<i64>> {
+        self.get(cf::OFFSETS, &codec::offset_key(topic, partition))?
+            .map(|v| codec::decode_offset(&v))
+            .transpose()
+    }
+
+    pub fn item(&self, item_id: &str) -> Result<Option<Item>> {
+        self.get(cf::ITEMS, &codec::id_key(item_id))?
+            .map(|v| codec::decode_item(&v))
+            .transpose()
+    }
+
+    pub fn item_stats(&self, item_id: &str) -> Result<Option<ItemStats>> {
+        self.get(cf::ITEM_STATS, &codec::id_key(item_id))?
+            .map(|v| codec::decode_stats(&v))
+            .transpose()
+    }
+
+    pub fn user_history(&self, user_id: &str) -> Result<Vec<HistoryEntry>> {
+        self.history_list(cf::USER_HISTORIES, user_id)
+    }
+
+    pub fn user_positives(&self, user_id: &str) -> Result<Vec<HistoryEntry>> {
+        self.history_list(cf::USER_POSITIVES, user_id)
+    }
+
+    fn history_list(&self, family: &str, user_id: &str) -> Result<Vec<HistoryEntry>> {
+        Ok(match self.get(family, &codec::id_key(user_id))? {
+            Some(v) => codec::decode_history(&v)?,
+            None => Vec::new(),
+        })
+    }
+
+    /// (version, ts, vector) of an item's ID embedding in one space.
+    pub fn id_embedding(&self, item_id: &str, space: &str) -> Result<Option<(u64, i64, Vec<f32>)>> {
+        self.get(cf::ID_EMBEDDINGS, &codec::id_embedding_key(item_id, space))?
+            .map(|v| codec::decode_id_embedding(&v))
+            .transpose()
+    }
+
+    /// Ids in a family keyed by one id (items, item_stats, user_histories, ...), in key order.
+    pub fn ids(&self, family: &str, limit: usize) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for entry in self
+            .db
+            .iterator_cf(self.cf(family)?, IteratorMode::Start)
+            .take(limit)
+        {
+            let (k, _) = entry.map_err(|e| Error::rocks(format!("scanning {family}"), e))?;
+            out.push(codec::decode_id_key(&k)?.to_string());
+        }
+        Ok(out)
+    }
+
+    /// A named counter in `job_state` (e.g. the offline log's next sequence number).
+    pub fn job_u64(&self, name: &str) -> Result<Option<u64>> {
+        self.get(cf::JOB_STATE, name.as_bytes())?
+            .map(|v| codec::decode_u64(&v))
+            .transpose()
+    }
+
+    /// Up to `limit` rows waiting for the next offline-log segment, oldest first.
+    pub fn log_pending(&self, limit: usize) -> Result<Vec<(u64, LogRow)>> {
+        let mut out = Vec::new();
+        for entry in self
+            .db
+            .iterator_cf(self.cf(cf::LOG_PENDING)?, IteratorMode::Start)
+            .take(limit)
+        {
+            let (k, v) = entry.map_err(|e| Error::rocks("scanning log_pending", e))?;
+            out.push((codec::decode_seq_key(&k)?, codec::decode_log_row(&v)?));
+        }
+        Ok(out)
+    }
+
+    /// After a segment is durably written: drops its pending rows (sequence numbers up to `last_seq`) and
+    /// records the next segment number, atomically.
+    pub fn finish_log_segment(
+        &self,
+        last_seq: u64,
+        next_segment: u64,
+        job_key: &str,
+    ) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(
+            self.cf(cf::LOG_PENDING)?,
+            codec::seq_key(0),
+            codec::seq_key(last_seq + 1),
+        );
+        batch.put_cf(
+            self.cf(cf::JOB_STATE)?,
+            job_key.as_bytes(),
+            codec::encode_u64(next_segment),
+        );
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(true);
+        self.db
+            .write_opt(batch, &opts)
+            .map_err(|e| Error::rocks("finishing log segment", e))
+    }
+
+    /// Up to `limit` items' behaviour counters, in key order.
+    pub fn all_item_stats(&self, limit: usize) -> Result<Vec<(String, ItemStats)>> {
+        let mut out = Vec::new();
+        for entry in self
+            .db
+            .iterator_cf(self.cf(cf::ITEM_STATS)?, IteratorMode::Start)
+            .take(limit)
+        {
+            let (k, v) = entry.map_err(|e| Error::rocks("scanning item_stats", e))?;
+            out.push((
+                codec::decode_id_key(&k)?.to_string(),
+                codec::decode_stats(&v)?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Exact number of keys per column family (a full scan: for reports and tests, not hot paths).
+    pub fn key_counts(&self) -> Result<Vec<(&'static str, u64)>> {
+        let mut out = Vec::new();
+        for name in cf::ALL {
+            let mut n = 0u64;
+            for entry in self.db.iterator_cf(self.cf(name)?, IteratorMode::Start) {
+                entry.map_err(|e| Error::rocks(format!("counting {name}"), e))?;
+                n += 1;
+            }
+            out.push((name, n));
+        }
+        Ok(out)
+    }
+
+    /// A consistent, openable copy of the store at `dest` (hard links where possible), for backups and replicas.
+    pub fn checkpoint(&self, dest: impl AsRef<Path>) -> Result<()> {
+        let dest = dest.as_ref();
+        if dest.exists() {
+            return Err(Error::invalid(
+                "checkpoint destination",
+                format!("{} already exists; choose a new path", dest.display()),
+            ));
+        }
+        self.db
+            .flush_wal(true)
+            .map_err(|e| Error::rocks("flushing WAL before checkpoint", e))?;
+        let cp = rocksdb::checkpoint::Checkpoint::new(&self.db)
+            .map_err(|e| Error::rocks("preparing checkpoint", e))?;
+        cp.create_checkpoint(dest)
+            .map_err(|e| Error::rocks(format!("checkpoint to {}", dest.display()), e))
+    }
+
+    /// Marks the store with a format version (tests of the upgrade path use this to simulate a newer build).
+    #[doc(hidden)]
+    pub fn force_format_version(&self, version: u32) -> Result<()> {
+        self.db
+            .put_cf(self.cf(cf::META)?, FORMAT_KEY, version.to_be_bytes())
+            .map_err(|e| Error::rocks("writing format version", e))
+    }
+}
+
+fn open_error(path: &Path, e: rocksdb::Error) -> Error {
+    let text = e.to_string();
+    if text.contains("LOCK")
+        || text.contains("lock hold")
+        || text.contains("Resource temporarily unavailable")
+    {
+        Error::StoreLocked {
+            path: path.to_path_buf(),
+        }
+    } else {
+        Error::rocks(format!("opening store at {}", path.display()), e)
+    }
+}
+
+/// An atomic group of state changes plus the source offsets they consumed.
+pub struct StateBatch<'a> {
+    store: &'a Store,
+    batch: WriteBatch,
+    events: usize,
+}
+
+impl StateBatch<'_> {
+    fn put(&mut self, family: &str, key: &[u8], value: &[u8]) -> Result<()> {
+        let handle = self.store.cf(family)?;
+        self.batch.put_cf(handle, key, value);
+        Ok(())
+    }
+
+    pub fn put_item(&mut self, item: &Item) -> Result<()> {
+        self.put(
+            cf::ITEMS,
+            &codec::id_key(&item.item_id),
+            &codec::encode_item(item)?,
+        )
+    }
+
+    pub fn put_item_stats(&mut self, item_id: &str, stats: &ItemStats) -> Result<()> {
+        self.put(
+            cf::ITEM_STATS,
+            &codec::id_key(item_id),
+            &codec::encode_stats(stats),
+        )
+    }
+
+    pub fn put_user_history(&mut self, user_id: &str, entries: &[HistoryEntry]) -> Result<()> {
+        self.put(
+            cf::USER_HISTORIES,
+            &codec::id_key(user_id),
+            &codec::encode_history(entries),
+        )
+    }
+
+    pub fn put_user_positives(&mut self, user_id: &str, entries: &[HistoryEntry]) -> Result<()> {
+        self.put(
+            cf::USER_POSITIVES,
+            &codec::id_key(user_id),
+            &codec::encode_history(entries),
+        )
+    }
+
+    pub fn put_id_embedding(&mut self, e: &IdEmbedding) -> Result<()> {
+        self.put(
+            cf::ID_EMBEDDINGS,
+            &codec::id_embedding_key(&e.item_id, &e.space),
+            &codec::encode_id_embedding(e),
+        )
+    }
+
+    /// Queues one event for the offline log under sequence number `seq`.
+    pub fn append_log(&mut self, seq: u64, row: &LogRow) -> Result<()> {
+        self.put(
+            cf::LOG_PENDING,
+            &codec::seq_key(seq),
+            &codec::encode_log_row(row),
+        )
+    }
+
+    pub fn set_job_u64(&mut self, name: &str, value: u64) -> Result<()> {
+        self.put(cf::JOB_STATE, name.as_bytes(), &codec::encode_u64(value))
+    }
+
+    /// Records that everything before `next_offset` on (topic, partition) is reflected in this batch's state.
+    pub fn set_offset(&mut self, topic: &str, partition: i32, next_offset: i64) -> Result<()> {
+        self.put(
+            cf::OFFSETS,
+            &codec::offset_key(topic, partition),
+            &codec::encode_offset(next_offset),
+        )
+    }
+
+    /// Counts events folded into this batch (for metrics and logs).
+    pub fn add_events(&mut self, n: usize) {
+        self.events += n;
+    }
+
+    pub fn events(&self) -> usize {
+        self.events
+    }
+
+    /// Writes everything at once, durably (WAL synced), or nothing.
+    pub fn commit(self) -> Result<()> {
+        if self.store.read_only {
+            return Err(Error::invalid("store", "opened read-only"));
+        }
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(true);
+        self.store
+            .db
+            .write_opt(self.batch, &opts)
+            .map_err(|e| Error::rocks("committing state batch", e))
+    }
+}
