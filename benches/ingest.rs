@@ -204,7 +204,9 @@ fn main() {
     let kafka_n = env_usize("BENCH_KAFKA_EVENTS", if full { 300_000 } else { 2_000 });
     let file_n = env_usize("BENCH_FILE_EVENTS", if full { 1_000_000 } else { 5_000 });
     if !full {
-        println!("smoke run of the ingest benchmark (use `cargo bench --bench ingest` for numbers)");
+        println!(
+            "smoke run of the ingest benchmark (use `cargo bench --bench ingest` for numbers)"
+        );
     }
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -54,15 +54,17 @@ fn json_line(e: &Ev) -> String {
 
 /// Reference computed independently of sailstream: events and positives per item under the default
 /// positives (like/share/..., play >= 10 s, rating >= 4).
-fn reference(evs: &[Ev]) -> BTreeMap<String, (u64, u64)> {
+fn reference(evs: &[Ev]) -> BTreeMap<String, (u64, u64, u64)> {
     let mut out = BTreeMap::new();
-    for (_, item, action, dwell, _, rating) in evs {
+    let mut seen = std::collections::HashSet::new();
+    for (user, item, action, dwell, _, rating) in evs {
         let positive = matches!(*action, "like" | "share")
             || (*action == "play" && *dwell >= 10_000)
             || rating.is_some_and(|r| r >= 4.0);
-        let e = out.entry(item.clone()).or_insert((0u64, 0u64));
+        let e = out.entry(item.clone()).or_insert((0u64, 0u64, 0u64));
         e.0 += 1;
         e.1 += u64::from(positive);
+        e.2 += u64::from(seen.insert((user.clone(), item.clone())));
     }
     out
 }
@@ -101,13 +103,13 @@ async fn replay(
     total
 }
 
-fn stats(store_path: &Path) -> BTreeMap<String, (u64, u64)> {
+fn stats(store_path: &Path) -> BTreeMap<String, (u64, u64, u64)> {
     let store = Store::open_read_only(store_path).unwrap();
     store
         .all_item_stats(usize::MAX)
         .unwrap()
         .into_iter()
-        .map(|(id, s)| (id, (s.events, s.positives)))
+        .map(|(id, s)| (id, (s.events, s.positives, s.distinct_users)))
         .collect()
 }
 

@@ -20,13 +20,30 @@ fn batch_writes_state_and_offsets_together_and_survives_reopen() {
         let store = Store::open(&path).unwrap();
         let mut b = store.batch();
         b.put_item(&item("v1", 2)).unwrap();
+        // Two partitions contribute partial counters for the same item; reads sum them.
         b.put_item_stats(
             "v1",
+            "sail.behaviours",
+            0,
             &ItemStats {
                 events: 3,
                 positives: 1,
+                distinct_users: 2,
                 first_ts: 5,
                 last_ts: 9,
+            },
+        )
+        .unwrap();
+        b.put_item_stats(
+            "v1",
+            "sail.behaviours",
+            1,
+            &ItemStats {
+                events: 2,
+                positives: 2,
+                distinct_users: 1,
+                first_ts: 3,
+                last_ts: 7,
             },
         )
         .unwrap();
@@ -56,7 +73,33 @@ fn batch_writes_state_and_offsets_together_and_survives_reopen() {
     }
     let store = Store::open(&path).unwrap();
     assert_eq!(store.item("v1").unwrap().unwrap(), item("v1", 2));
-    assert_eq!(store.item_stats("v1").unwrap().unwrap().events, 3);
+    assert_eq!(
+        store.item_stats("v1").unwrap().unwrap(),
+        ItemStats {
+            events: 5,
+            positives: 3,
+            distinct_users: 3,
+            first_ts: 3,
+            last_ts: 9
+        }
+    );
+    assert_eq!(
+        store
+            .item_stats_partial("v1", "sail.behaviours", 1)
+            .unwrap()
+            .unwrap()
+            .events,
+        2
+    );
+    assert_eq!(
+        store.all_item_stats(10).unwrap().len(),
+        1,
+        "partials grouped"
+    );
+    assert!(
+        store.item_stats("v").unwrap().is_none(),
+        "prefix of another id"
+    );
     assert_eq!(store.user_history("u1").unwrap()[0].action, Action::Like);
     assert_eq!(store.user_positives("u1").unwrap().len(), 1);
     assert_eq!(

@@ -399,8 +399,10 @@ async fn sigkill_and_restart_end_identical_to_the_reference() {
     // ---- state against the reference ----
     let s = Store::open_read_only(&store).unwrap();
     let mut stats: BTreeMap<&str, (u64, u64, i64, i64)> = BTreeMap::new();
+    let mut users: HashMap<&str, HashSet<&str>> = HashMap::new();
     let mut hist: HashMap<&str, Vec<&Ev>> = HashMap::new();
     for e in &evs {
+        users.entry(&e.item).or_default().insert(&e.user);
         let st = stats.entry(&e.item).or_insert((0, 0, i64::MAX, i64::MIN));
         st.0 += 1;
         st.1 += e.positive() as u64;
@@ -417,6 +419,11 @@ async fn sigkill_and_restart_end_identical_to_the_reference() {
             (got.events, got.positives, got.first_ts, got.last_ts),
             (*events, *positives, *first, *last),
             "{item}"
+        );
+        assert_eq!(
+            got.distinct_users,
+            users[item].len() as u64,
+            "distinct users of {item}"
         );
     }
     assert_eq!(s.all_item_stats(usize::MAX).unwrap().len(), stats.len());

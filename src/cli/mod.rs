@@ -210,13 +210,14 @@ fn print_store(store: &Store, config: &Config) -> Result<()> {
     }
     let mut stats = store.all_item_stats(100_000)?;
     stats.sort_by(|a, b| b.1.positives.cmp(&a.1.positives).then(a.0.cmp(&b.0)));
-    println!("\nMost positively consumed items (positives / events):");
+    println!("\nMost positively consumed items (positives / events / distinct users):");
     for (id, s) in stats.iter().take(5) {
         let title = store.item(id)?.and_then(|i| i.title).unwrap_or_default();
         println!(
-            "  {id:<10} {:>4} / {:<4} {}",
+            "  {id:<10} {:>4} / {:<4} / {:<3} {}",
             s.positives,
             s.events,
+            s.distinct_users,
             truncate(&title, 48)
         );
     }
@@ -341,8 +342,8 @@ pub fn store_item(config: &Config, item_id: &str) -> Result<()> {
     );
     if let Some(s) = store.item_stats(item_id)? {
         println!(
-            "stats: {} events, {} positives, first ts {}, last ts {}",
-            s.events, s.positives, s.first_ts, s.last_ts
+            "stats: {} events, {} positives, {} distinct users, first ts {}, last ts {}",
+            s.events, s.positives, s.distinct_users, s.first_ts, s.last_ts
         );
     }
     Ok(())

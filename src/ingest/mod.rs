@@ -207,7 +207,7 @@ impl Ingestor {
                             ingest_ts,
                         });
                     }
-                    if fold.apply(event)? {
+                    if fold.apply(event, &rec.stream, rec.partition)? {
                         report.applied += 1;
                         *applied_by_topic.entry(rec.topic.as_str()).or_default() += 1;
                     } else {

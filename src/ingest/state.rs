@@ -1,7 +1,7 @@
 //! Folding decoded events into store state, with an in-memory overlay so that several events on the same key
 //! in one batch see each other before the batch is written.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::config::{Config, PositivesConfig};
 use crate::error::Result;
@@ -40,7 +40,10 @@ pub(super) struct Fold<'a> {
     positives_cap: usize,
     positives: &'a Positives,
     items: HashMap<String, Option<Item>>,
-    stats: HashMap<String, ItemStats>,
+    /// Partial counters per (item, stream, partition).
+    stats: HashMap<(String, String, i32), ItemStats>,
+    /// (item, user) pairs first seen in this batch.
+    new_item_users: HashSet<(String, String)>,
     histories: HashMap<String, Vec<HistoryEntry>>,
     user_positives: HashMap<String, Vec<HistoryEntry>>,
     id_embeddings: HashMap<(String, String), Option<u64>>,
@@ -57,6 +60,7 @@ impl<'a> Fold<'a> {
             positives,
             items: HashMap::new(),
             stats: HashMap::new(),
+            new_item_users: HashSet::new(),
             histories: HashMap::new(),
             user_positives: HashMap::new(),
             id_embeddings: HashMap::new(),
@@ -65,11 +69,12 @@ impl<'a> Fold<'a> {
         }
     }
 
-    /// Applies one event. Returns false when it was a stale item or ID-embedding version (ignored).
-    pub fn apply(&mut self, event: Event) -> Result<bool> {
+    /// Applies one event read from (stream, partition). Returns false when it was a stale item or ID-embedding
+    /// version (ignored).
+    pub fn apply(&mut self, event: Event, stream: &str, partition: i32) -> Result<bool> {
         match event {
             Event::Item(item) => self.apply_item(*item),
-            Event::Behaviour(b) => self.apply_behaviour(b).map(|_| true),
+            Event::Behaviour(b) => self.apply_behaviour(b, stream, partition).map(|_| true),
             Event::IdEmbedding(e) => self.apply_id_embedding(e),
         }
     }
@@ -90,7 +95,7 @@ impl<'a> Fold<'a> {
         Ok(true)
     }
 
-    fn apply_behaviour(&mut self, b: Behaviour) -> Result<()> {
+    fn apply_behaviour(&mut self, b: Behaviour, stream: &str, partition: i32) -> Result<()> {
         let positive = self.positives.is_positive(&b);
         let entry = HistoryEntry {
             item_id: b.item_id.clone(),
@@ -101,11 +106,14 @@ impl<'a> Fold<'a> {
         };
 
         let store = self.store;
-        let stats = match self.stats.entry(b.item_id.clone()) {
+        let key = (b.item_id.clone(), stream.to_string(), partition);
+        let stats = match self.stats.entry(key) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(store.item_stats(&b.item_id)?.unwrap_or_default())
-            }
+            std::collections::hash_map::Entry::Vacant(v) => v.insert(
+                store
+                    .item_stats_partial(&b.item_id, stream, partition)?
+                    .unwrap_or_default(),
+            ),
         };
         if stats.events == 0 {
             stats.first_ts = b.ts;
@@ -113,6 +121,11 @@ impl<'a> Fold<'a> {
         }
         stats.events += 1;
         stats.positives += positive as u64;
+        let pair = (b.item_id.clone(), b.user_id.clone());
+        if !self.new_item_users.contains(&pair) && !store.item_has_user(&b.item_id, &b.user_id)? {
+            stats.distinct_users += 1;
+            self.new_item_users.insert(pair);
+        }
         stats.first_ts = stats.first_ts.min(b.ts);
         stats.last_ts = stats.last_ts.max(b.ts);
 
@@ -162,8 +175,11 @@ impl<'a> Fold<'a> {
                 batch.put_item(item)?;
             }
         }
-        for (id, stats) in &self.stats {
-            batch.put_item_stats(id, stats)?;
+        for ((id, stream, partition), stats) in &self.stats {
+            batch.put_item_stats(id, stream, *partition, stats)?;
+        }
+        for (item, user) in &self.new_item_users {
+            batch.put_item_user(item, user)?;
         }
         for (user, list) in &self.histories {
             batch.put_user_history(user, list)?;

@@ -9,7 +9,8 @@
 //! | `meta`           | ascii name                                 | raw (format_version: u32 BE)                  |
 //! | `offsets`        | 01 · topic · 00 · partition i32 BE         | 01 · next offset i64 LE                       |
 //! | `items`          | 01 · item_id                               | 01 · JSON of [`Item`]                         |
-//! | `item_stats`     | 01 · item_id                               | 01 · [`ItemStats`] (4 × 8 bytes)              |
+//! | `item_stats`     | 01 · item_id · 00 · stream · 00 · part i32 BE | 01 · [`ItemStats`] (5 × 8 bytes), one partial per source partition |
+//! | `item_users`     | 01 · item_id · 00 · user_id                | 01 (presence: the user has an event on it)    |
 //! | `user_histories` | 01 · user_id                               | 01 · [`HistoryEntry`] list, oldest first      |
 //! | `user_positives` | 01 · user_id                               | 01 · [`HistoryEntry`] list, oldest first      |
 //! | `id_embeddings`  | 01 · item_id · 00 · space                  | 01 · version u64 · ts i64 · dim u32 · f32 × dim |
@@ -82,6 +83,62 @@ pub fn id_embedding_key(item_id: &str, space: &str) -> Vec<u8> {
     k
 }
 
+/// Item counters are kept as one partial per source partition (summed on read), so that a partition's share can
+/// later move between workers without touching the others.
+pub fn item_stats_key(item_id: &str, stream: &str, partition: i32) -> Vec<u8> {
+    let mut k = item_stats_prefix(item_id);
+    k.extend_from_slice(stream.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
+/// All partials of one item start with this.
+pub fn item_stats_prefix(item_id: &str) -> Vec<u8> {
+    let mut k = id_key(item_id);
+    k.push(0);
+    k
+}
+
+/// The item id of an `item_stats` key.
+pub fn decode_item_stats_key(key: &[u8]) -> Result<&str> {
+    let body = match key.split_first() {
+        Some((&KEY_V1, rest)) => rest,
+        _ => return Err(corrupt("item stats key version")),
+    };
+    let end = body
+        .iter()
+        .position(|b| *b == 0)
+        .ok_or_else(|| corrupt("item stats key separator"))?;
+    std::str::from_utf8(&body[..end]).map_err(|_| corrupt("item stats key id"))
+}
+
+impl ItemStats {
+    /// Combines two partials of the same item. Distinct users add up exactly because behaviours are keyed by
+    /// user_id, so a user's events all come through one partition.
+    pub fn merge(&mut self, other: &ItemStats) {
+        if other.events == 0 {
+            return;
+        }
+        if self.events == 0 {
+            *self = *other;
+            return;
+        }
+        self.events += other.events;
+        self.positives += other.positives;
+        self.distinct_users += other.distinct_users;
+        self.first_ts = self.first_ts.min(other.first_ts);
+        self.last_ts = self.last_ts.max(other.last_ts);
+    }
+}
+
+pub fn item_user_key(item_id: &str, user_id: &str) -> Vec<u8> {
+    let mut k = id_key(item_id);
+    k.push(0);
+    k.extend_from_slice(user_id.as_bytes());
+    k
+}
+
 pub fn encode_item(item: &Item) -> Result<Vec<u8>> {
     let mut v = vec![VALUE_V1];
     serde_json::to_writer(&mut v, item)
@@ -98,15 +155,18 @@ pub fn decode_item(value: &[u8]) -> Result<Item> {
 pub struct ItemStats {
     pub events: u64,
     pub positives: u64,
+    /// Users with at least one event on the item (exact, kept with `item_users`).
+    pub distinct_users: u64,
     pub first_ts: i64,
     pub last_ts: i64,
 }
 
 pub fn encode_stats(s: &ItemStats) -> Vec<u8> {
-    let mut v = Vec::with_capacity(33);
+    let mut v = Vec::with_capacity(41);
     v.push(VALUE_V1);
     v.extend_from_slice(&s.events.to_le_bytes());
     v.extend_from_slice(&s.positives.to_le_bytes());
+    v.extend_from_slice(&s.distinct_users.to_le_bytes());
     v.extend_from_slice(&s.first_ts.to_le_bytes());
     v.extend_from_slice(&s.last_ts.to_le_bytes());
     v
@@ -114,15 +174,16 @@ pub fn encode_stats(s: &ItemStats) -> Vec<u8> {
 
 pub fn decode_stats(value: &[u8]) -> Result<ItemStats> {
     let b = versioned(value, "item stats")?;
-    if b.len() != 32 {
+    if b.len() != 40 {
         return Err(corrupt("item stats length"));
     }
     let word = |i: usize| <[u8; 8]>::try_from(&b[i * 8..i * 8 + 8]).expect("8 bytes");
     Ok(ItemStats {
         events: u64::from_le_bytes(word(0)),
         positives: u64::from_le_bytes(word(1)),
-        first_ts: i64::from_le_bytes(word(2)),
-        last_ts: i64::from_le_bytes(word(3)),
+        distinct_users: u64::from_le_bytes(word(2)),
+        first_ts: i64::from_le_bytes(word(3)),
+        last_ts: i64::from_le_bytes(word(4)),
     })
 }
 

@@ -25,6 +25,7 @@ pub mod cf {
     pub const OFFSETS: &str = "offsets";
     pub const ITEMS: &str = "items";
     pub const ITEM_STATS: &str = "item_stats";
+    pub const ITEM_USERS: &str = "item_users";
     pub const USER_HISTORIES: &str = "user_histories";
     pub const USER_POSITIVES: &str = "user_positives";
     pub const ID_EMBEDDINGS: &str = "id_embeddings";
@@ -35,11 +36,12 @@ pub mod cf {
     pub const JOB_STATE: &str = "job_state";
     pub const LOG_PENDING: &str = "log_pending";
 
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         META,
         OFFSETS,
         ITEMS,
         ITEM_STATS,
+        ITEM_USERS,
         USER_HISTORIES,
         USER_POSITIVES,
         ID_EMBEDDINGS,
@@ -228,10 +230,46 @@ impl Store {
             .transpose()
     }
 
+    /// An item's behaviour counters, summed over its per-partition partials.
     pub fn item_stats(&self, item_id: &str) -> Result<Option<ItemStats>> {
-        self.get(cf::ITEM_STATS, &codec::id_key(item_id))?
-            .map(|v| codec::decode_stats(&v))
-            .transpose()
+        let prefix = codec::item_stats_prefix(item_id);
+        let mut total: Option<ItemStats> = None;
+        let iter = self.db.iterator_cf(
+            self.cf(cf::ITEM_STATS)?,
+            IteratorMode::From(&prefix, rocksdb::Direction::Forward),
+        );
+        for entry in iter {
+            let (k, v) = entry.map_err(|e| Error::rocks("reading item_stats", e))?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            total
+                .get_or_insert_with(ItemStats::default)
+                .merge(&codec::decode_stats(&v)?);
+        }
+        Ok(total)
+    }
+
+    /// The partial counters of one item contributed by one source partition.
+    pub fn item_stats_partial(
+        &self,
+        item_id: &str,
+        stream: &str,
+        partition: i32,
+    ) -> Result<Option<ItemStats>> {
+        self.get(
+            cf::ITEM_STATS,
+            &codec::item_stats_key(item_id, stream, partition),
+        )?
+        .map(|v| codec::decode_stats(&v))
+        .transpose()
+    }
+
+    /// Whether `user_id` has any event on `item_id`.
+    pub fn item_has_user(&self, item_id: &str, user_id: &str) -> Result<bool> {
+        Ok(self
+            .get(cf::ITEM_USERS, &codec::item_user_key(item_id, user_id))?
+            .is_some())
     }
 
     pub fn user_history(&self, user_id: &str) -> Result<Vec<HistoryEntry>> {
@@ -317,19 +355,25 @@ impl Store {
             .map_err(|e| Error::rocks("finishing log segment", e))
     }
 
-    /// Up to `limit` items' behaviour counters, in key order.
+    /// Up to `limit` items' behaviour counters (partials summed), in key order.
     pub fn all_item_stats(&self, limit: usize) -> Result<Vec<(String, ItemStats)>> {
-        let mut out = Vec::new();
+        let mut out: Vec<(String, ItemStats)> = Vec::new();
         for entry in self
             .db
             .iterator_cf(self.cf(cf::ITEM_STATS)?, IteratorMode::Start)
-            .take(limit)
         {
             let (k, v) = entry.map_err(|e| Error::rocks("scanning item_stats", e))?;
-            out.push((
-                codec::decode_id_key(&k)?.to_string(),
-                codec::decode_stats(&v)?,
-            ));
+            let id = codec::decode_item_stats_key(&k)?;
+            let partial = codec::decode_stats(&v)?;
+            match out.last_mut() {
+                Some((last, total)) if last == id => total.merge(&partial),
+                _ => {
+                    if out.len() == limit {
+                        break;
+                    }
+                    out.push((id.to_string(), partial));
+                }
+            }
         }
         Ok(out)
     }
@@ -411,11 +455,26 @@ impl StateBatch<'_> {
         )
     }
 
-    pub fn put_item_stats(&mut self, item_id: &str, stats: &ItemStats) -> Result<()> {
+    /// Writes the partial counters of `item_id` contributed by (stream, partition).
+    pub fn put_item_stats(
+        &mut self,
+        item_id: &str,
+        stream: &str,
+        partition: i32,
+        stats: &ItemStats,
+    ) -> Result<()> {
         self.put(
             cf::ITEM_STATS,
-            &codec::id_key(item_id),
+            &codec::item_stats_key(item_id, stream, partition),
             &codec::encode_stats(stats),
+        )
+    }
+
+    pub fn put_item_user(&mut self, item_id: &str, user_id: &str) -> Result<()> {
+        self.put(
+            cf::ITEM_USERS,
+            &codec::item_user_key(item_id, user_id),
+            &[codec::VALUE_V1],
         )
     }
 
