@@ -80,8 +80,12 @@ async fn produce_then_consume_through_the_source_and_resume() {
         br#"{"user_id":"u1","item_id":"i1","action":"teleport","dwell_ms":0,"ts":1700000000000}"#
             .to_vec(),
     );
-    broker.produce(&producer, "sail.behaviours", 0, &p0).await;
-    broker.produce(&producer, "sail.behaviours", 1, &p1).await;
+    broker
+        .produce(&producer, "sail.behaviours", Some(0), &p0)
+        .await;
+    broker
+        .produce(&producer, "sail.behaviours", Some(1), &p1)
+        .await;
     let items: Vec<_> = (0..3)
         .map(|i| {
             (
@@ -93,7 +97,9 @@ async fn produce_then_consume_through_the_source_and_resume() {
             )
         })
         .collect();
-    broker.produce(&producer, "sail.items", 0, &items).await;
+    broker
+        .produce(&producer, "sail.items", Some(0), &items)
+        .await;
 
     let dir = tempfile::tempdir().unwrap();
     let config = Arc::new(config_for(&broker, "it-group", &dir.path().join("store")));
@@ -159,7 +165,9 @@ async fn produce_then_consume_through_the_source_and_resume() {
 
     // More records arrive; a new consumer in the same group resumes from the store's offsets, not from 0.
     let more: Vec<_> = (600..650).map(|i| behaviour(1, 99, i)).collect();
-    broker.produce(&producer, "sail.behaviours", 0, &more).await;
+    broker
+        .produce(&producer, "sail.behaviours", Some(0), &more)
+        .await;
     let mut source = KafkaSource::subscribe(&config.kafka, &topics, lookup(&store), 1000).unwrap();
     let seen = ingest_until(&mut ingestor, &mut source, 50, Duration::from_secs(60)).await;
     assert_eq!(seen, 50, "only the new records are read");
@@ -175,7 +183,7 @@ async fn resumes_from_store_even_when_the_group_never_committed() {
     let producer = broker.producer();
     let records: Vec<_> = (0..100).map(|i| behaviour(1, 1, i)).collect();
     broker
-        .produce(&producer, "sail.behaviours", 0, &records)
+        .produce(&producer, "sail.behaviours", Some(0), &records)
         .await;
 
     let dir = tempfile::tempdir().unwrap();

@@ -347,27 +347,21 @@ async fn sigkill_and_restart_end_identical_to_the_reference() {
             (id.clone(), serde_json::to_vec(&serde_json::json!({"item_id": id, "space": "gid", "vector": vec, "version": v, "ts": T0})).unwrap())
         })
         .collect();
-    let send_keyed = |topic: &'static str, recs: Vec<(String, Vec<u8>)>| {
-        let producer = producer.clone();
-        async move {
-            let mut pending = Vec::new();
-            for (k, p) in &recs {
-                pending.push(
-                    producer
-                        .send_result(rdkafka::producer::FutureRecord::to(topic).key(k).payload(p))
-                        .map_err(|(e, _)| e)
-                        .unwrap(),
-                );
-            }
-            for d in pending {
-                d.await.unwrap().map_err(|(e, _)| e).unwrap();
-            }
-        }
-    };
-    send_keyed("sail.items", i_records[..1_500].to_vec()).await;
-    send_keyed("sail.behaviours", b_records[..40_000].to_vec()).await;
+    broker
+        .produce(&producer, "sail.items", None, &i_records[..1_500])
+        .await;
+    broker
+        .produce(&producer, "sail.behaviours", None, &b_records[..40_000])
+        .await;
     for (topic, payload, _, _) in &bad {
-        send_keyed(topic, vec![("bad".to_string(), payload.clone())]).await;
+        broker
+            .produce(
+                &producer,
+                topic,
+                None,
+                &[("bad".to_string(), payload.clone())],
+            )
+            .await;
     }
 
     let dir = tempfile::tempdir().unwrap();
@@ -377,13 +371,19 @@ async fn sigkill_and_restart_end_identical_to_the_reference() {
     let mut w = Worker::start(&broker, dir.path(), port);
     wait_for_progress(&mut w, &store, 15_000, Duration::from_secs(120));
     w.kill9();
-    send_keyed("sail.items", i_records[1_500..].to_vec()).await;
-    send_keyed("sail.id_embeddings", e_records.clone()).await;
+    broker
+        .produce(&producer, "sail.items", None, &i_records[1_500..])
+        .await;
+    broker
+        .produce(&producer, "sail.id_embeddings", None, &e_records)
+        .await;
 
     let mut w = Worker::start(&broker, dir.path(), port);
     wait_for_progress(&mut w, &store, 35_000, Duration::from_secs(120));
     w.kill9();
-    send_keyed("sail.behaviours", b_records[40_000..].to_vec()).await;
+    broker
+        .produce(&producer, "sail.behaviours", None, &b_records[40_000..])
+        .await;
 
     let mut w = Worker::start(&broker, dir.path(), port);
     wait_for_progress(&mut w, &store, 70_000, Duration::from_secs(120));
@@ -529,19 +529,9 @@ async fn broker_stopped_and_restarted_mid_stream_loses_nothing() {
     let evs = behaviours(30_000, 100, 200, 7);
     let records: Vec<(String, Vec<u8>)> = evs.iter().map(|e| (e.user.clone(), e.json())).collect();
     let producer = broker.producer();
-    for chunk in records[..20_000].chunks(5_000) {
-        for (k, p) in chunk {
-            producer
-                .send_result(
-                    rdkafka::producer::FutureRecord::to("sail.behaviours")
-                        .key(k)
-                        .payload(p),
-                )
-                .map_err(|(e, _)| e)
-                .unwrap();
-        }
-        rdkafka::producer::Producer::flush(&producer, Duration::from_secs(30)).unwrap();
-    }
+    broker
+        .produce(&producer, "sail.behaviours", None, &records[..20_000])
+        .await;
 
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
@@ -552,17 +542,9 @@ async fn broker_stopped_and_restarted_mid_stream_loses_nothing() {
     w.assert_alive();
     broker.restart();
     let producer = broker.producer();
-    for (k, p) in &records[20_000..] {
-        producer
-            .send_result(
-                rdkafka::producer::FutureRecord::to("sail.behaviours")
-                    .key(k)
-                    .payload(p),
-            )
-            .map_err(|(e, _)| e)
-            .unwrap();
-    }
-    rdkafka::producer::Producer::flush(&producer, Duration::from_secs(30)).unwrap();
+    broker
+        .produce(&producer, "sail.behaviours", None, &records[20_000..])
+        .await;
     wait_for_progress(&mut w, &store, 30_000, Duration::from_secs(180));
     let logs = w.logs();
     assert!(w.terminate().success());

@@ -211,7 +211,8 @@ impl Config {
 
     /// Checks every bound the types cannot express. Called by the loaders; public for configs built in code.
     pub fn validate(&self) -> Result<()> {
-        fn range(key: &str, value: usize, min: usize, max: usize) -> Result<()> {
+        fn range(key: &str, value: impl Into<u64>, min: u64, max: u64) -> Result<()> {
+            let value = value.into();
             if value < min || value > max {
                 return Err(Error::config(
                     key,
@@ -220,6 +221,7 @@ impl Config {
             }
             Ok(())
         }
+        let size = |n: usize| n as u64;
         fn non_empty(key: &str, value: &str) -> Result<()> {
             if value.trim().is_empty() {
                 return Err(Error::config(key, "must not be empty"));
@@ -229,54 +231,52 @@ impl Config {
         if self.store.path.as_os_str().is_empty() {
             return Err(Error::config("store.path", "must not be empty"));
         }
-        range("store.history_cap", self.store.history_cap, 1, 100_000)?;
-        range("store.positives_cap", self.store.positives_cap, 1, 100_000)?;
-        range("ingest.batch_size", self.ingest.batch_size, 1, 1_000_000)?;
-        if self.ingest.linger_ms > 60_000 {
-            return Err(Error::config(
-                "ingest.linger_ms",
-                format!("must be at most 60000, got {}", self.ingest.linger_ms),
-            ));
-        }
+        range(
+            "store.history_cap",
+            size(self.store.history_cap),
+            1,
+            100_000,
+        )?;
+        range(
+            "store.positives_cap",
+            size(self.store.positives_cap),
+            1,
+            100_000,
+        )?;
+        range(
+            "ingest.batch_size",
+            size(self.ingest.batch_size),
+            1,
+            1_000_000,
+        )?;
+        range("ingest.linger_ms", self.ingest.linger_ms, 0, 60_000)?;
         if self.offline_log.path.as_os_str().is_empty() {
             return Err(Error::config("offline_log.path", "must not be empty"));
         }
-        if !(1..=10_000_000).contains(&self.offline_log.segment_max_rows) {
-            return Err(Error::config(
-                "offline_log.segment_max_rows",
-                format!(
-                    "must be between 1 and 10000000, got {}",
-                    self.offline_log.segment_max_rows
-                ),
-            ));
-        }
-        if !(1..=86_400).contains(&self.offline_log.segment_max_age_s) {
-            return Err(Error::config(
-                "offline_log.segment_max_age_s",
-                format!(
-                    "must be between 1 and 86400, got {}",
-                    self.offline_log.segment_max_age_s
-                ),
-            ));
-        }
-        if !(100..=600_000).contains(&self.worker.max_backoff_ms) {
-            return Err(Error::config(
-                "worker.max_backoff_ms",
-                format!(
-                    "must be between 100 and 600000, got {}",
-                    self.worker.max_backoff_ms
-                ),
-            ));
-        }
-        if !(100..=3_600_000).contains(&self.worker.stats_interval_ms) {
-            return Err(Error::config(
-                "worker.stats_interval_ms",
-                format!(
-                    "must be between 100 and 3600000, got {}",
-                    self.worker.stats_interval_ms
-                ),
-            ));
-        }
+        range(
+            "offline_log.segment_max_rows",
+            self.offline_log.segment_max_rows,
+            1,
+            10_000_000,
+        )?;
+        range(
+            "offline_log.segment_max_age_s",
+            self.offline_log.segment_max_age_s,
+            1,
+            86_400,
+        )?;
+        range(
+            "worker.max_backoff_ms",
+            self.worker.max_backoff_ms,
+            100,
+            600_000,
+        )?;
+        range(
+            "worker.stats_interval_ms",
+            self.worker.stats_interval_ms,
+            100,
+            3_600_000,
+        )?;
         let inputs = [
             &self.kafka.topics.items,
             &self.kafka.topics.behaviours,
@@ -339,25 +339,30 @@ impl Config {
             ));
         }
         let l = &self.limits;
-        range("limits.max_id_bytes", l.max_id_bytes, 1, 4096)?;
-        range("limits.max_text_chars", l.max_text_chars, 1, 1 << 20)?;
-        range("limits.max_tags", l.max_tags, 0, 4096)?;
-        range("limits.max_tag_chars", l.max_tag_chars, 1, 4096)?;
-        range("limits.max_frames", l.max_frames, 0, 1024)?;
+        range("limits.max_id_bytes", size(l.max_id_bytes), 1, 4096)?;
+        range("limits.max_text_chars", size(l.max_text_chars), 1, 1 << 20)?;
+        range("limits.max_tags", size(l.max_tags), 0, 4096)?;
+        range("limits.max_tag_chars", size(l.max_tag_chars), 1, 4096)?;
+        range("limits.max_frames", size(l.max_frames), 0, 1024)?;
         range(
             "limits.max_inline_media_bytes",
-            l.max_inline_media_bytes,
+            size(l.max_inline_media_bytes),
             1,
             64 << 20,
         )?;
         range(
             "limits.max_record_bytes",
-            l.max_record_bytes,
+            size(l.max_record_bytes),
             1024,
             256 << 20,
         )?;
-        range("limits.max_context_entries", l.max_context_entries, 0, 1024)?;
-        range("limits.max_vector_dim", l.max_vector_dim, 1, 65_536)?;
+        range(
+            "limits.max_context_entries",
+            size(l.max_context_entries),
+            0,
+            1024,
+        )?;
+        range("limits.max_vector_dim", size(l.max_vector_dim), 1, 65_536)?;
         for (space, dim) in &self.id_spaces {
             let key = format!("id_spaces.{space}");
             if space.is_empty()
@@ -371,7 +376,7 @@ impl Config {
                     "space names are 1-64 characters of a-z, 0-9 and _",
                 ));
             }
-            range(&key, *dim, 1, l.max_vector_dim)?;
+            range(&key, size(*dim), 1, size(l.max_vector_dim))?;
         }
         self.metrics
             .listen

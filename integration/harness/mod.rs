@@ -161,20 +161,19 @@ impl Broker {
             .expect("producer")
     }
 
-    /// Produces (key, payload) pairs to one partition and waits for every acknowledgement.
+    /// Produces (key, payload) pairs and waits for every acknowledgement: to `partition`, or where the
+    /// producer's partitioner puts each key when it is None.
     pub async fn produce(
         &self,
         producer: &FutureProducer,
         topic: &str,
-        partition: i32,
+        partition: Option<i32>,
         records: &[(String, Vec<u8>)],
     ) {
         let mut pending = Vec::new();
         for (key, payload) in records {
-            let record = FutureRecord::to(topic)
-                .key(key)
-                .payload(payload)
-                .partition(partition);
+            let mut record = FutureRecord::to(topic).key(key).payload(payload);
+            record.partition = partition;
             pending.push(
                 producer
                     .send_result(record)

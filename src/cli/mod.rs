@@ -232,14 +232,7 @@ fn print_store(store: &Store, config: &Config) -> Result<()> {
             config.store.positives_cap
         );
         for e in history.iter().rev().take(5) {
-            println!(
-                "  ts={} {:<10} {:<10} dwell={}ms{}",
-                e.ts,
-                e.action.as_str(),
-                e.item_id,
-                e.dwell_ms,
-                e.rating.map(|r| format!(" rating={r}")).unwrap_or_default()
-            );
+            println!("  {}", history_line(e));
         }
     }
     println!("\nStored source positions (next offset to read):");
@@ -293,6 +286,17 @@ fn print_metrics(config: &Config) {
         }
         Err(e) => println!("\nMetrics endpoint http://{addr}/metrics not reachable: {e}"),
     }
+}
+
+fn history_line(e: &sailstream::store::HistoryEntry) -> String {
+    format!(
+        "ts={} {:<10} {:<12} dwell={}ms{}",
+        e.ts,
+        e.action.as_str(),
+        e.item_id,
+        e.dwell_ms,
+        e.rating.map(|r| format!(" rating={r}")).unwrap_or_default()
+    )
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -373,14 +377,7 @@ pub fn store_user(config: &Config, user_id: &str) -> Result<()> {
         } else {
             " "
         };
-        println!(
-            " {mark} ts={} {:<10} {:<12} dwell={}ms{}",
-            e.ts,
-            e.action.as_str(),
-            e.item_id,
-            e.dwell_ms,
-            e.rating.map(|r| format!(" rating={r}")).unwrap_or_default()
-        );
+        println!(" {mark} {}", history_line(e));
     }
     Ok(())
 }
