@@ -17,7 +17,7 @@ pub const RECORDS_APPLIED: &str = "sailstream_records_applied_total";
 pub const RECORDS_DUPLICATE: &str = "sailstream_records_duplicate_total";
 /// Counter, labels: topic, category (malformed | oversized | invalid).
 pub const RECORDS_DEAD_LETTERED: &str = "sailstream_records_dead_lettered_total";
-/// Counter, labels: topic. Item updates ignored because a newer version is stored.
+/// Counter, no labels. Item or ID-embedding updates ignored because a newer version is stored.
 pub const ITEMS_STALE: &str = "sailstream_items_stale_total";
 /// Histogram, no labels. Records per committed store batch.
 pub const STORE_BATCH_RECORDS: &str = "sailstream_store_batch_records";

@@ -212,14 +212,9 @@ impl Ingestor {
                         *applied_by_topic.entry(rec.topic.as_str()).or_default() += 1;
                     } else {
                         report.stale_items += 1;
-                        metrics::counter!(m::ITEMS_STALE, "topic" => rec.topic.clone())
-                            .increment(1);
                     }
                 }
                 Err(err) => {
-                    metrics::counter!(m::RECORDS_DEAD_LETTERED,
-                        "topic" => rec.topic.clone(), "category" => err.category())
-                    .increment(1);
                     tracing::debug!(topic = %rec.topic, partition = rec.partition, offset = rec.offset,
                         error = %err, "dead-lettering record");
                     dead.push(DeadLetter::new(
@@ -267,8 +262,17 @@ impl Ingestor {
                 seq.oldest_pending = Some(Instant::now());
             }
         }
+        // Counted once committed, so a retried batch is not counted twice.
         for (topic, n) in applied_by_topic {
             metrics::counter!(m::RECORDS_APPLIED, "topic" => topic.to_string()).increment(n);
+        }
+        if report.stale_items > 0 {
+            metrics::counter!(m::ITEMS_STALE).increment(report.stale_items as u64);
+        }
+        for letter in &dead {
+            metrics::counter!(m::RECORDS_DEAD_LETTERED,
+                "topic" => letter.topic.clone(), "category" => letter.category.clone())
+            .increment(1);
         }
         metrics::histogram!(m::STORE_BATCH_RECORDS).record(report.records as f64);
         metrics::histogram!(m::STORE_COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
