@@ -178,6 +178,10 @@ fn parse_json<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, Decod
     if std::str::from_utf8(payload).is_err() {
         return Err(DecodeError::new("record", "not UTF-8 text"));
     }
+    // The fast path parses directly; only a record that fails is parsed again to find the failing field's path.
+    if let Ok(value) = serde_json::from_slice(payload) {
+        return Ok(value);
+    }
     let mut de = serde_json::Deserializer::from_slice(payload);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
