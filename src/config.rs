@@ -62,13 +62,6 @@ pub struct WorkerConfig {
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
-pub enum SourceKind {
-    Files,
-    Kafka,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
 pub enum FileFormat {
     Jsonl,
     Parquet,
@@ -85,7 +78,6 @@ pub struct FileInput {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct IngestConfig {
-    pub source: SourceKind,
     pub batch_size: usize,
     pub linger_ms: u64,
     #[serde(default)]
