@@ -28,10 +28,7 @@ fn agree(kind: InputKind, schema_name: &str, valid: &[Value], invalid: &[Value])
                 schema_ok,
                 expect_ok,
                 "JSON Schema {schema_name} on {sample}: {:?}",
-                validator
-                    .iter_errors(sample)
-                    .map(|e| e.to_string())
-                    .collect::<Vec<_>>()
+                errors(&validator, sample)
             );
             assert_eq!(
                 rust.is_ok(),
@@ -46,17 +43,24 @@ fn agree(kind: InputKind, schema_name: &str, valid: &[Value], invalid: &[Value])
 
 const TS: i64 = 1_700_000_000_000;
 
+/// `base` with the fields of `patch` set.
+fn patched(base: &Value, patch: Value) -> Value {
+    let mut v = base.clone();
+    for (k, val) in patch.as_object().unwrap() {
+        v[k] = val.clone();
+    }
+    v
+}
+
+fn errors(v: &jsonschema::Validator, value: &Value) -> Vec<String> {
+    v.iter_errors(value).map(|e| e.to_string()).collect()
+}
+
 #[test]
 fn items_agree() {
     let b64 = base64::engine::general_purpose::STANDARD.encode(b"\x89PNG fake but valid base64");
     let base = json!({"item_id": "v1", "created_at": TS, "version": 3});
-    let with = |patch: Value| {
-        let mut v = base.clone();
-        for (k, val) in patch.as_object().unwrap() {
-            v[k] = val.clone();
-        }
-        v
-    };
+    let with = |patch: Value| patched(&base, patch);
     let without = |key: &str| {
         let mut v = base.clone();
         v.as_object_mut().unwrap().remove(key);
@@ -107,13 +111,7 @@ fn items_agree() {
 fn behaviours_agree() {
     let base =
         json!({"user_id": "u1", "item_id": "v1", "action": "play", "dwell_ms": 1200, "ts": TS});
-    let with = |patch: Value| {
-        let mut v = base.clone();
-        for (k, val) in patch.as_object().unwrap() {
-            v[k] = val.clone();
-        }
-        v
-    };
+    let with = |patch: Value| patched(&base, patch);
     let mut valid = vec![
         base.clone(),
         with(json!({"action": "rate", "rating": 4.5})),
@@ -153,13 +151,7 @@ fn behaviours_agree() {
 fn id_embeddings_agree() {
     let v64: Vec<f32> = (0..64).map(|i| i as f32 / 64.0).collect();
     let base = json!({"item_id": "v1", "space": "gid", "vector": v64, "version": 1, "ts": TS});
-    let with = |patch: Value| {
-        let mut v = base.clone();
-        for (k, val) in patch.as_object().unwrap() {
-            v[k] = val.clone();
-        }
-        v
-    };
+    let with = |patch: Value| patched(&base, patch);
     let valid = vec![base.clone(), with(json!({"version": 9}))];
     let invalid = vec![
         with(json!({"space": "GID"})),
@@ -220,13 +212,7 @@ fn outputs_match_their_schemas() {
     };
     let value = serde_json::to_value(&emb).unwrap();
     let v = schema("sail.item_embeddings");
-    assert!(
-        v.is_valid(&value),
-        "{:?}",
-        v.iter_errors(&value)
-            .map(|e| e.to_string())
-            .collect::<Vec<_>>()
-    );
+    assert!(v.is_valid(&value), "{:?}", errors(&v, &value));
     let mut broken = value.clone();
     broken.as_object_mut().unwrap().remove("model");
     assert!(!v.is_valid(&broken));
@@ -242,13 +228,7 @@ fn outputs_match_their_schemas() {
     );
     let value = serde_json::to_value(&letter).unwrap();
     let v = schema("sail.dlq");
-    assert!(
-        v.is_valid(&value),
-        "{:?}",
-        v.iter_errors(&value)
-            .map(|e| e.to_string())
-            .collect::<Vec<_>>()
-    );
+    assert!(v.is_valid(&value), "{:?}", errors(&v, &value));
     assert_eq!(letter.payload().unwrap(), b"\xff\x00raw");
     let mut broken = value;
     broken["category"] = json!("weird");
