@@ -302,3 +302,49 @@ async fn missing_input_file_is_a_clear_error() {
         .expect("must fail");
     assert!(err.to_string().contains("/nonexistent/x.jsonl"), "{err}");
 }
+
+#[tokio::test]
+async fn a_new_store_refuses_a_log_directory_holding_another_stores_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("b.jsonl");
+    std::fs::write(&file, json_line(&events(1)[0]) + "\n").unwrap();
+    let inputs = [FileInput {
+        path: file,
+        topic: "sail.behaviours".into(),
+        format: FileFormat::Jsonl,
+    }];
+    let first = config(&dir.path().join("first"), 10);
+    let mut ingestor = Ingestor::new(
+        Arc::new(Store::open(&first.store.path).unwrap()),
+        Arc::new(first.clone()),
+        DeadLetterSink::file(dir.path().join("dlq")),
+    )
+    .unwrap();
+    let mut source = FileSource::open(&inputs, &HashMap::new()).unwrap();
+    ingestor
+        .run(&mut source, std::future::pending::<()>(), |_| {})
+        .await
+        .unwrap();
+    drop(ingestor);
+
+    // A second, empty store pointed at the same log directory would number its segments from 0 again.
+    let mut second = config(&dir.path().join("second"), 10);
+    second.offline_log.path = first.offline_log.path.clone();
+    let err = Ingestor::new(
+        Arc::new(Store::open(&second.store.path).unwrap()),
+        Arc::new(second),
+        DeadLetterSink::file(dir.path().join("dlq")),
+    )
+    .err()
+    .expect("must refuse");
+    assert!(err.to_string().contains("offline_log.path"), "{err}");
+    assert!(err.to_string().contains("already holds segments"), "{err}");
+
+    // The store that wrote them reopens fine.
+    Ingestor::new(
+        Arc::new(Store::open(&first.store.path).unwrap()),
+        Arc::new(first),
+        DeadLetterSink::file(dir.path().join("dlq")),
+    )
+    .unwrap();
+}

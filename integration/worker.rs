@@ -369,7 +369,7 @@ async fn sigkill_and_restart_end_identical_to_the_reference() {
     let port = free_port();
 
     let mut w = Worker::start(&broker, dir.path(), port);
-    wait_for_progress(&mut w, &store, 15_000, Duration::from_secs(120));
+    wait_for_progress(&mut w, &store, 15_000, Duration::from_secs(300));
     w.kill9();
     broker
         .produce(&producer, "sail.items", None, &i_records[1_500..])
@@ -379,20 +379,20 @@ async fn sigkill_and_restart_end_identical_to_the_reference() {
         .await;
 
     let mut w = Worker::start(&broker, dir.path(), port);
-    wait_for_progress(&mut w, &store, 35_000, Duration::from_secs(120));
+    wait_for_progress(&mut w, &store, 35_000, Duration::from_secs(300));
     w.kill9();
     broker
         .produce(&producer, "sail.behaviours", None, &b_records[40_000..])
         .await;
 
     let mut w = Worker::start(&broker, dir.path(), port);
-    wait_for_progress(&mut w, &store, 70_000, Duration::from_secs(120));
+    wait_for_progress(&mut w, &store, 70_000, Duration::from_secs(300));
     w.kill9();
 
     let total = (evs.len() + items.len() + embeddings.len() + bad.len()) as i64;
     assert_eq!(total, 100_008);
     let mut w = Worker::start(&broker, dir.path(), port);
-    wait_for_progress(&mut w, &store, total, Duration::from_secs(240));
+    wait_for_progress(&mut w, &store, total, Duration::from_secs(400));
     let status = w.terminate();
     assert!(status.success(), "SIGTERM exits 0, got {status}");
 
@@ -536,7 +536,7 @@ async fn broker_stopped_and_restarted_mid_stream_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let mut w = Worker::start(&broker, dir.path(), free_port());
-    wait_for_progress(&mut w, &store, 5_000, Duration::from_secs(120));
+    wait_for_progress(&mut w, &store, 5_000, Duration::from_secs(300));
     broker.stop();
     std::thread::sleep(Duration::from_secs(3));
     w.assert_alive();
@@ -545,7 +545,7 @@ async fn broker_stopped_and_restarted_mid_stream_loses_nothing() {
     broker
         .produce(&producer, "sail.behaviours", None, &records[20_000..])
         .await;
-    wait_for_progress(&mut w, &store, 30_000, Duration::from_secs(180));
+    wait_for_progress(&mut w, &store, 30_000, Duration::from_secs(300));
     let logs = w.logs();
     assert!(w.terminate().success());
     assert!(

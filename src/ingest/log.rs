@@ -83,6 +83,38 @@ impl OfflineLog {
         &self.dir
     }
 
+    /// A log directory belongs to one store: a store that has never written a segment must not adopt a directory
+    /// that already holds some, or its segment numbers would overwrite them.
+    pub fn check_owner(&self, store: &Store, seq: &LogSequence) -> Result<()> {
+        if seq.pending > 0 || store.job_u64(NEXT_SEGMENT_KEY)?.unwrap_or(0) > 0 {
+            return Ok(());
+        }
+        let Ok(topics) = std::fs::read_dir(&self.dir) else {
+            return Ok(());
+        };
+        for topic in topics.flatten() {
+            let Ok(files) = std::fs::read_dir(topic.path()) else {
+                continue;
+            };
+            if let Some(file) = files.flatten().find(|f| {
+                f.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with("segment-") && n.ends_with(".parquet"))
+            }) {
+                return Err(Error::config(
+                    "offline_log.path",
+                    format!(
+                        "{} already holds segments ({}) that this store did not write; point offline_log.path \
+                         elsewhere, or remove them if the store was reset on purpose",
+                        self.dir.display(),
+                        file.path().display()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// True when the pending rows are enough, or old enough, for a segment.
     pub fn due(&self, seq: &LogSequence) -> bool {
         seq.pending >= self.max_rows

@@ -88,10 +88,10 @@ impl Ingestor {
     pub fn new(store: Arc<Store>, config: Arc<Config>, dlq: DeadLetterSink) -> Result<Ingestor> {
         let next = store.offsets()?.into_iter().collect();
         let log = if config.offline_log.enabled {
-            Some((
-                log::OfflineLog::new(config.clone()),
-                log::LogSequence::load(&store)?,
-            ))
+            let log = log::OfflineLog::new(config.clone());
+            let seq = log::LogSequence::load(&store)?;
+            log.check_owner(&store, &seq)?;
+            Some((log, seq))
         } else {
             None
         };
