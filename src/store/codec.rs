@@ -76,18 +76,22 @@ pub fn decode_offset(value: &[u8]) -> Result<i64> {
     Ok(i64::from_le_bytes(bytes))
 }
 
-pub fn id_embedding_key(item_id: &str, space: &str) -> Vec<u8> {
-    let mut k = id_key(item_id);
+/// `01 · id · 00 · second`: the shape of every key scoped under one id.
+fn id_pair_key(id: &str, second: &str) -> Vec<u8> {
+    let mut k = id_key(id);
     k.push(0);
-    k.extend_from_slice(space.as_bytes());
+    k.extend_from_slice(second.as_bytes());
     k
+}
+
+pub fn id_embedding_key(item_id: &str, space: &str) -> Vec<u8> {
+    id_pair_key(item_id, space)
 }
 
 /// Item counters are kept as one partial per source partition (summed on read), so that a partition's share can
 /// later move between workers without touching the others.
 pub fn item_stats_key(item_id: &str, stream: &str, partition: i32) -> Vec<u8> {
-    let mut k = item_stats_prefix(item_id);
-    k.extend_from_slice(stream.as_bytes());
+    let mut k = id_pair_key(item_id, stream);
     k.push(0);
     k.extend_from_slice(&partition.to_be_bytes());
     k
@@ -95,9 +99,7 @@ pub fn item_stats_key(item_id: &str, stream: &str, partition: i32) -> Vec<u8> {
 
 /// All partials of one item start with this.
 pub fn item_stats_prefix(item_id: &str) -> Vec<u8> {
-    let mut k = id_key(item_id);
-    k.push(0);
-    k
+    id_pair_key(item_id, "")
 }
 
 /// The item id of an `item_stats` key.
@@ -133,10 +135,7 @@ impl ItemStats {
 }
 
 pub fn item_user_key(item_id: &str, user_id: &str) -> Vec<u8> {
-    let mut k = id_key(item_id);
-    k.push(0);
-    k.extend_from_slice(user_id.as_bytes());
-    k
+    id_pair_key(item_id, user_id)
 }
 
 pub fn encode_item(item: &Item) -> Result<Vec<u8>> {
