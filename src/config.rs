@@ -34,6 +34,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub log: LogConfig,
     pub runtime: RuntimeConfig,
+    pub embed: EmbedConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -150,6 +151,29 @@ pub struct MetricsConfig {
 pub struct LogConfig {
     pub level: String,
     pub format: String,
+}
+
+/// Where inference runs. `Auto` takes CUDA when the provider loads and says which it got.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    Auto,
+    Cuda,
+    Cpu,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EmbedConfig {
+    pub enabled: bool,
+    pub model_dir: String,
+    pub device: Device,
+    pub batch_size: usize,
+    pub max_wait_ms: u64,
+    pub preprocess_threads: usize,
+    pub inference_threads: usize,
+    pub fetch_timeout_ms: u64,
+    pub publish: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -296,6 +320,26 @@ impl Config {
                 ));
             }
         }
+        range("embed.batch_size", size(self.embed.batch_size), 1, 4096)?;
+        range("embed.max_wait_ms", self.embed.max_wait_ms, 0, 600_000)?;
+        range(
+            "embed.preprocess_threads",
+            size(self.embed.preprocess_threads),
+            0,
+            256,
+        )?;
+        range(
+            "embed.inference_threads",
+            size(self.embed.inference_threads),
+            0,
+            256,
+        )?;
+        range(
+            "embed.fetch_timeout_ms",
+            self.embed.fetch_timeout_ms,
+            1,
+            600_000,
+        )?;
         non_empty("kafka.brokers", &self.kafka.brokers)?;
         non_empty("kafka.group_id", &self.kafka.group_id)?;
         if !["none", "lz4", "zstd"].contains(&self.kafka.compression.as_str()) {

@@ -67,6 +67,17 @@ pub enum Error {
     #[error("parquet/arrow: {context}: {message}")]
     Columnar { context: String, message: String },
 
+    #[error("model manifest {path}: {key}: {problem}")]
+    Manifest {
+        path: PathBuf,
+        key: String,
+        problem: String,
+    },
+
+    /// The item cannot be embedded at all (no modality left after decoding, too many tokens of nothing, ...).
+    #[error("cannot embed item '{item_id}': {problem}")]
+    NotEmbeddable { item_id: String, problem: String },
+
     #[error("onnx runtime: {context}: {message}")]
     OnnxRuntime { context: String, message: String },
 
@@ -83,7 +94,9 @@ impl Error {
             Error::Config { .. }
             | Error::InvalidInput { .. }
             | Error::StoreLocked { .. }
-            | Error::StoreFormatTooNew { .. } => Fault::User,
+            | Error::StoreFormatTooNew { .. }
+            | Error::Manifest { .. }
+            | Error::NotEmbeddable { .. } => Fault::User,
             Error::RocksDb { .. }
             | Error::Kafka { .. }
             | Error::Io { .. }
@@ -127,6 +140,25 @@ impl Error {
         Error::InvalidInput {
             what: what.into(),
             problem: problem.into(),
+        }
+    }
+
+    pub fn manifest(
+        path: &std::path::Path,
+        key: impl Into<String>,
+        problem: impl Into<String>,
+    ) -> Self {
+        Error::Manifest {
+            path: path.to_path_buf(),
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+
+    pub fn ort(context: impl Into<String>, e: impl std::fmt::Display) -> Self {
+        Error::OnnxRuntime {
+            context: context.into(),
+            message: e.to_string(),
         }
     }
 

@@ -1,10 +1,12 @@
 //! sailstream: item content and user behaviour turned into the features a recommender needs, in real time.
 //!
 //! Modules follow the data flow: [`ingest`] reads events (Kafka or files) and folds them into the online
-//! [`store`] (RocksDB) under the contracts in [`schema`]; [`runtime`] locates ONNX Runtime for the embed stage.
+//! [`store`] (RocksDB) under the contracts in [`schema`]; [`embed`] turns items into vectors with an ONNX model
+//! (located by [`runtime`]).
 //! [`config`] layers settings, [`error`] says whose fault a failure is, [`metrics`] names what is measured.
 
 pub mod config;
+pub mod embed;
 pub mod error;
 pub mod ingest;
 pub mod metrics;

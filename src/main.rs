@@ -39,6 +39,18 @@ enum Command {
         #[arg(long)]
         dlq: Option<PathBuf>,
     },
+    /// Embed items waiting in the store (new item versions); with --backfill, every item whose vector is
+    /// missing, stale, or from another model version (lookups keep the old vector until it is replaced).
+    Embed {
+        #[arg(long)]
+        backfill: bool,
+    },
+    /// The items nearest to one item by embedding cosine (exact scan of the store).
+    Nearest {
+        item_id: String,
+        #[arg(short, default_value_t = 5)]
+        k: usize,
+    },
     /// Inspect or change configuration.
     Config {
         #[command(subcommand)]
@@ -97,6 +109,8 @@ fn main() -> ExitCode {
             Command::Demo => cli::demo(&config).await,
             Command::Worker => cli::worker(&config).await,
             Command::Replay { files, dlq } => cli::replay(&config, &files, dlq).await.map(|_| ()),
+            Command::Embed { backfill } => cli::embed(&config, backfill).map(|_| ()),
+            Command::Nearest { item_id, k } => cli::nearest(&config, &item_id, k),
             Command::Config {
                 command: ConfigCommand::Show,
             } => cli::config_show(&config),

@@ -35,6 +35,23 @@ pub const CONSUMER_LAG: &str = "sailstream_kafka_consumer_lag";
 pub const KAFKA_ERRORS: &str = "sailstream_kafka_errors_total";
 /// Counter, labels: kind (assign | revoke). Kafka consumer-group rebalances seen.
 pub const KAFKA_REBALANCES: &str = "sailstream_kafka_rebalances_total";
+/// Gauge, labels: device (cuda | cpu). 1 for the device the embed stage's ONNX session runs on.
+pub const EMBED_DEVICE: &str = "sailstream_embed_device";
+/// Counter, labels: model. Items embedded and stored.
+pub const ITEMS_EMBEDDED: &str = "sailstream_items_embedded_total";
+/// Counter, labels: reason (no_modality). Items that could not be embedded at all.
+pub const ITEMS_NOT_EMBEDDABLE: &str = "sailstream_items_not_embeddable_total";
+/// Counter, labels: modality (image | audio), reason (too_large | unreadable | undecodable). Media left out of an
+/// item's embedding.
+pub const MEDIA_DROPPED: &str = "sailstream_embed_media_dropped_total";
+/// Histogram, labels: none. Items per inference batch.
+pub const EMBED_BATCH_ITEMS: &str = "sailstream_embed_batch_items";
+/// Histogram, labels: none. Seconds per inference call (ONNX Runtime only).
+pub const EMBED_INFERENCE_SECONDS: &str = "sailstream_embed_inference_seconds";
+/// Histogram, labels: none. Seconds to fetch and preprocess one batch's media and text.
+pub const EMBED_PREPROCESS_SECONDS: &str = "sailstream_embed_preprocess_seconds";
+/// Counter, labels: topic. Item embeddings published.
+pub const EMBEDDINGS_PUBLISHED: &str = "sailstream_embeddings_published_total";
 
 /// Starts the Prometheus scrape endpoint (`GET /metrics` on `addr`) and installs the global recorder.
 /// Must be called inside a Tokio runtime.
@@ -68,6 +85,17 @@ fn describe() {
     describe_counter!(LOG_ROWS, "Events written into offline-log segments");
     describe_counter!(KAFKA_ERRORS, "Errors reported by the Kafka client");
     describe_counter!(RETRIES, "Batches retried after an external failure");
+    metrics::describe_gauge!(EMBED_DEVICE, "1 for the device the embed stage runs on");
+    describe_counter!(ITEMS_EMBEDDED, "Items embedded and stored");
+    describe_counter!(ITEMS_NOT_EMBEDDABLE, "Items with nothing left to embed");
+    describe_counter!(
+        MEDIA_DROPPED,
+        "Pictures and sounds left out of an embedding"
+    );
+    describe_histogram!(EMBED_BATCH_ITEMS, "Items per inference batch");
+    describe_histogram!(EMBED_INFERENCE_SECONDS, "Seconds per inference call");
+    describe_histogram!(EMBED_PREPROCESS_SECONDS, "Seconds to preprocess one batch");
+    describe_counter!(EMBEDDINGS_PUBLISHED, "Item embeddings published");
     metrics::describe_gauge!(
         CONSUMER_LAG,
         "Messages behind the high watermark per partition"

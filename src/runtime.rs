@@ -38,6 +38,15 @@ pub fn library_path(config: &Config) -> PathBuf {
 
 /// Loads ONNX Runtime once per process (ort allows one environment) and returns its build description.
 pub fn init(config: &Config) -> Result<&'static str> {
+    loaded(config).map(|(_, info)| *info)
+}
+
+/// The process-wide ONNX Runtime environment sessions are built in (loading the library on first use).
+pub fn environment(config: &Config) -> Result<&'static ort::environment::Environment> {
+    loaded(config).map(|(env, _)| env)
+}
+
+fn loaded(config: &Config) -> Result<&'static (ort::environment::Environment, &'static str)> {
     // The environment must outlive every session; ort only keeps a weak reference to it.
     static LOADED: OnceLock<
         std::result::Result<(ort::environment::Environment, &'static str), String>,
@@ -58,11 +67,8 @@ pub fn init(config: &Config) -> Result<&'static str> {
             .map_err(|e| e.to_string())?;
         Ok((env, ort::info()))
     });
-    outcome
-        .as_ref()
-        .map(|(_, info)| *info)
-        .map_err(|message| Error::OnnxRuntime {
-            context: format!("loading {}", path.display()),
-            message: message.clone(),
-        })
+    outcome.as_ref().map_err(|message| Error::OnnxRuntime {
+        context: format!("loading {}", path.display()),
+        message: message.clone(),
+    })
 }

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use sailstream::config::{Config, FileFormat, FileInput};
+use sailstream::embed::Embedder;
+use sailstream::embed::stage::{EmbedReport, EmbedStage};
 use sailstream::ingest::files::FileSource;
 use sailstream::ingest::{BatchReport, DeadLetterSink, Ingestor};
 use sailstream::store::{Store, cf};
@@ -120,6 +122,7 @@ pub async fn replay(
         .await?;
     bar.set_position(source.progress().0);
     bar.finish_and_clear();
+    drop(ingestor);
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
         "replayed {} records in {:.2}s ({:.0} records/s): {} applied, {} already applied (skipped), {} stale versions ignored, {} dead-lettered{}",
@@ -136,7 +139,105 @@ pub async fn replay(
             String::new()
         }
     );
+    if config.embed.enabled {
+        embed_with(&config, store, false)?;
+    }
     Ok(report)
+}
+
+/// Embeds what is pending (or, with `backfill`, everything not embedded by the current model) with a progress bar.
+pub fn embed(config: &Config, backfill: bool) -> Result<EmbedReport> {
+    let store = Arc::new(Store::open(&config.store.path)?);
+    embed_with(config, store, backfill)
+}
+
+fn embed_with(config: &Config, store: Arc<Store>, backfill: bool) -> Result<EmbedReport> {
+    let embedder = Embedder::load(config)?;
+    let model = embedder.manifest().model.clone();
+    let device = embedder.device();
+    let mut stage = EmbedStage::new(embedder, store.clone());
+    let total_items = store
+        .key_counts()?
+        .iter()
+        .find(|(n, _)| *n == cf::ITEMS)
+        .map_or(0, |c| c.1);
+    let started = Instant::now();
+    let bar = ProgressBar::new(total_items);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} embed [{bar:30}] {pos}/{len} items {msg}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    let report = if backfill {
+        stage.backfill(|scanned, r| {
+            bar.set_position(scanned as u64);
+            bar.set_message(format!("{} embedded", r.embedded));
+        })?
+    } else {
+        let mut total = EmbedReport::default();
+        let batch = config.embed.batch_size * 4;
+        loop {
+            let (r, _) = stage.run_pending(batch)?;
+            total += r;
+            bar.set_position((total.embedded + total.not_embeddable) as u64);
+            if r.embedded + r.not_embeddable == 0 && stage.pending(1)? == 0 {
+                break total;
+            }
+        }
+    };
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "embedded {} items with {} {} on {device} in {secs:.2}s ({:.1} items/s); {} not embeddable, {} pictures/sounds left out",
+        report.embedded,
+        model.name,
+        model.version,
+        report.embedded as f64 / secs.max(1e-9),
+        report.not_embeddable,
+        report.media_dropped
+    );
+    Ok(report)
+}
+
+/// Exact nearest neighbours of one item among all stored embeddings of the same model version.
+pub fn nearest(config: &Config, item_id: &str, k: usize) -> Result<()> {
+    let store = Store::open_read_only(&config.store.path)?;
+    for (id, score, title) in nearest_items(&store, item_id, k)? {
+        println!("  {score:>6.3}  {id:<12} {}", truncate(&title, 60));
+    }
+    Ok(())
+}
+
+fn nearest_items(store: &Store, item_id: &str, k: usize) -> Result<Vec<(String, f32, String)>> {
+    let query = store.item_embedding(item_id)?.ok_or_else(|| {
+        Error::invalid(
+            "item_id",
+            format!("'{item_id}' has no embedding (run `sailstream embed`)"),
+        )
+    })?;
+    let mut scored = Vec::new();
+    store.for_each_item_embedding(|e| {
+        if e.item_id != item_id && e.model == query.model && e.model_version == query.model_version
+        {
+            scored.push((
+                e.item_id,
+                sailstream::embed::cosine(&query.vector, &e.vector),
+            ));
+        }
+        Ok(true)
+    })?;
+    scored.sort_by(|a, b| b.1.total_cmp(&a.1));
+    scored.truncate(k);
+    scored
+        .into_iter()
+        .map(|(id, score)| {
+            let title = store
+                .item(&id)?
+                .and_then(|i| i.title.or(i.tags.first().cloned()))
+                .unwrap_or_default();
+            Ok((id, score, title))
+        })
+        .collect()
 }
 
 pub async fn worker(config: &Config) -> Result<()> {
@@ -174,6 +275,9 @@ pub async fn demo(config: &Config) -> Result<()> {
     let store = Store::open_read_only(&config.store.path)?;
     print_store(&store, config)?;
     print_dead_letters(&default_dlq_path(config))?;
+    if config.embed.enabled {
+        print_nearest(&store)?;
+    }
     if config.metrics.enabled {
         print_metrics(config);
     }
@@ -238,6 +342,30 @@ fn print_store(store: &Store, config: &Config) -> Result<()> {
     println!("\nStored source positions (next offset to read):");
     for ((stream, partition), next) in store.offsets()? {
         println!("  {stream} [{partition}] -> {next}");
+    }
+    Ok(())
+}
+
+fn print_nearest(store: &Store) -> Result<()> {
+    let mut shown = 0;
+    for id in store.ids(cf::ITEM_EMBEDDINGS, 3)? {
+        let Some(e) = store.item_embedding(&id)? else {
+            continue;
+        };
+        if shown == 0 {
+            println!(
+                "\nNearest items by embedding ({} {}, {} dims; exact cosine over the store):",
+                e.model,
+                e.model_version,
+                e.vector.len()
+            );
+        }
+        let title = store.item(&id)?.and_then(|i| i.title).unwrap_or_default();
+        println!("  {id} {}", truncate(&title, 60));
+        for (nid, score, ntitle) in nearest_items(store, &id, 3)? {
+            println!("      {score:>6.3}  {nid:<12} {}", truncate(&ntitle, 50));
+        }
+        shown += 1;
     }
     Ok(())
 }
@@ -344,6 +472,17 @@ pub fn store_item(config: &Config, item_id: &str) -> Result<()> {
         "{}",
         serde_json::to_string_pretty(&item).map_err(|e| Error::Internal(e.to_string()))?
     );
+    if let Some(e) = store.item_embedding(item_id)? {
+        let head: Vec<String> = e.vector.iter().take(4).map(|v| format!("{v:.4}")).collect();
+        println!(
+            "embedding: {} {} (item v{}), {} dims [{}, ...]",
+            e.model,
+            e.model_version,
+            e.item_version,
+            e.vector.len(),
+            head.join(", ")
+        );
+    }
     if let Some(s) = store.item_stats(item_id)? {
         println!(
             "stats: {} events, {} positives, {} distinct users, first ts {}, last ts {}",

@@ -173,6 +173,7 @@ impl<'a> Fold<'a> {
         for id in &self.dirty_items {
             if let Some(Some(item)) = self.items.get(id) {
                 batch.put_item(item)?;
+                batch.put_embed_pending(&item.item_id, item.version)?;
             }
         }
         for ((id, stream, partition), stats) in &self.stats {

@@ -17,6 +17,9 @@ pub struct Item {
     pub item_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub author_id: Option<String>,
+    /// Where the item comes from (app, surface or dataset name); picks the embedding model's text template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nickname: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -101,6 +104,9 @@ impl Item {
         if let Some(author) = &self.author_id {
             check::id("author_id", author, limits.max_id_bytes)?;
         }
+        if let Some(source) = &self.source {
+            check::id("source", source, limits.max_id_bytes)?;
+        }
         for (field, value) in [
             ("nickname", &self.nickname),
             ("title", &self.title),
@@ -146,6 +152,18 @@ impl Item {
         }
         if let Some(audio) = &self.audio {
             audio.validate("audio", limits)?;
+        }
+        if self.text_fields().next().is_none()
+            && self.tags.is_empty()
+            && self.cover.is_none()
+            && self.frames.is_empty()
+            && self.audio.is_none()
+        {
+            return Err(DecodeError::new(
+                "item",
+                "has nothing to embed: give at least one of title, ocr, asr, nickname (not blank), tags, cover, \
+                 frames, audio",
+            ));
         }
         check::timestamp("created_at", self.created_at)
     }

@@ -14,15 +14,17 @@
 //! | `user_histories` | 01 · user_id                               | 01 · [`HistoryEntry`] list, oldest first      |
 //! | `user_positives` | 01 · user_id                               | 01 · [`HistoryEntry`] list, oldest first      |
 //! | `id_embeddings`  | 01 · item_id · 00 · space                  | 01 · version u64 · ts i64 · dim u32 · f32 × dim |
+//! | `item_embeddings`| 01 · item_id                               | 01 · model str · model_version str · item_version u64 · ts i64 · dim u32 · f32 × dim (str = u32 len · bytes) |
+//! | `embed_pending`  | 01 · item_id · 00 · item_version u64 BE     | 01 (an item version waiting for the embed stage) |
 //! | `log_pending`    | 01 · sequence u64 BE                       | 01 · [`LogRow`]                               |
 //! | `job_state`      | ascii name                                 | 01 · u64 LE (counters)                        |
 //!
 //! Ids are printable ASCII (no 0x00), so 0x00 is a safe separator. The per-concern families reserved for
-//! later stages (`item_embeddings`, `user_interests`, `teacher_targets`, `semantic_ids`, `job_state`) follow
+//! later stages (`user_interests`, `teacher_targets`, `semantic_ids`, `job_state`) follow
 //! the same version-byte rule.
 
 use crate::error::{Error, Result};
-use crate::schema::{Action, IdEmbedding, Item};
+use crate::schema::{Action, IdEmbedding, Item, ItemEmbedding};
 
 pub const KEY_V1: u8 = 1;
 pub const VALUE_V1: u8 = 1;
@@ -262,6 +264,71 @@ pub fn decode_id_embedding(value: &[u8]) -> Result<(u64, i64, Vec<f32>)> {
     Ok((version, ts, vector))
 }
 
+pub fn embed_pending_key(item_id: &str, item_version: u64) -> Vec<u8> {
+    let mut k = id_key(item_id);
+    k.push(0);
+    k.extend_from_slice(&item_version.to_be_bytes());
+    k
+}
+
+/// (item_id, item_version) of an `embed_pending` key.
+pub fn decode_embed_pending_key(key: &[u8]) -> Result<(&str, u64)> {
+    let body = match key.split_first() {
+        Some((&KEY_V1, rest)) if rest.len() >= 9 => rest,
+        _ => return Err(corrupt("embed pending key")),
+    };
+    let (id, tail) = body.split_at(body.len() - 9);
+    if tail[0] != 0 {
+        return Err(corrupt("embed pending key separator"));
+    }
+    let version = u64::from_be_bytes(tail[1..].try_into().expect("8 bytes"));
+    let id = std::str::from_utf8(id).map_err(|_| corrupt("embed pending key id"))?;
+    Ok((id, version))
+}
+
+fn put_str(v: &mut Vec<u8>, s: &str) {
+    v.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    v.extend_from_slice(s.as_bytes());
+}
+
+/// Semantic ids are not part of this value: they live in their own family once codebooks exist.
+pub fn encode_item_embedding(e: &ItemEmbedding) -> Vec<u8> {
+    let mut v = Vec::with_capacity(40 + e.model.len() + e.model_version.len() + e.vector.len() * 4);
+    v.push(VALUE_V1);
+    put_str(&mut v, &e.model);
+    put_str(&mut v, &e.model_version);
+    v.extend_from_slice(&e.item_version.to_le_bytes());
+    v.extend_from_slice(&e.ts.to_le_bytes());
+    v.extend_from_slice(&(e.vector.len() as u32).to_le_bytes());
+    for x in &e.vector {
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v
+}
+
+pub fn decode_item_embedding(item_id: &str, value: &[u8]) -> Result<ItemEmbedding> {
+    let mut r = Reader(versioned(value, "item embedding")?);
+    let model = r.string()?;
+    let model_version = r.string()?;
+    let item_version = u64::from_le_bytes(r.take()?);
+    let ts = i64::from_le_bytes(r.take()?);
+    let dim = r.u32()? as usize;
+    let vector = r
+        .bytes(dim * 4)?
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+        .collect();
+    Ok(ItemEmbedding {
+        item_id: item_id.to_string(),
+        model,
+        model_version,
+        item_version,
+        vector,
+        semantic_ids: Vec::new(),
+        ts,
+    })
+}
+
 pub fn encode_u64(v: u64) -> Vec<u8> {
     let mut out = vec![VALUE_V1];
     out.extend_from_slice(&v.to_le_bytes());
@@ -386,11 +453,35 @@ impl<'a> Reader<'a> {
     fn u32(&mut self) -> Result<u32> {
         Ok(u32::from_le_bytes(self.take()?))
     }
+    fn string(&mut self) -> Result<String> {
+        let n = self.u32()? as usize;
+        String::from_utf8(self.bytes(n)?.to_vec()).map_err(|_| corrupt("string not UTF-8"))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn item_embedding_and_pending_keys_round_trip() {
+        let e = ItemEmbedding {
+            item_id: "i1".into(),
+            model: "sail-lite".into(),
+            model_version: "0.1.0".into(),
+            item_version: 3,
+            vector: vec![0.5, -0.25],
+            semantic_ids: vec![],
+            ts: 1_700_000_000_000,
+        };
+        assert_eq!(
+            decode_item_embedding("i1", &encode_item_embedding(&e)).unwrap(),
+            e
+        );
+        let k = embed_pending_key("item-9", 42);
+        assert_eq!(decode_embed_pending_key(&k).unwrap(), ("item-9", 42));
+        assert!(embed_pending_key("a", 2) < embed_pending_key("a", 10));
+    }
 
     #[test]
     fn offset_key_round_trip_and_order() {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch};
 
 use crate::error::{Error, Result};
-use crate::schema::{IdEmbedding, Item};
+use crate::schema::{IdEmbedding, Item, ItemEmbedding};
 pub use codec::{HistoryEntry, ItemStats, LogRow};
 
 /// On-disk format this build writes. Bumped when a layout changes incompatibly.
@@ -35,8 +35,9 @@ pub mod cf {
     pub const SEMANTIC_IDS: &str = "semantic_ids";
     pub const JOB_STATE: &str = "job_state";
     pub const LOG_PENDING: &str = "log_pending";
+    pub const EMBED_PENDING: &str = "embed_pending";
 
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 15] = [
         META,
         OFFSETS,
         ITEMS,
@@ -51,6 +52,7 @@ pub mod cf {
         SEMANTIC_IDS,
         JOB_STATE,
         LOG_PENDING,
+        EMBED_PENDING,
     ];
 }
 
@@ -294,6 +296,69 @@ impl Store {
             .transpose()
     }
 
+    /// The stored embedding of an item, whatever model version produced it (lookups serve it until replaced).
+    pub fn item_embedding(&self, item_id: &str) -> Result<Option<ItemEmbedding>> {
+        self.get(cf::ITEM_EMBEDDINGS, &codec::id_key(item_id))?
+            .map(|v| codec::decode_item_embedding(item_id, &v))
+            .transpose()
+    }
+
+    /// Calls `visit` with every stored item embedding, in item-id order, until it returns false.
+    pub fn for_each_item_embedding(
+        &self,
+        mut visit: impl FnMut(ItemEmbedding) -> Result<bool>,
+    ) -> Result<()> {
+        for entry in self
+            .db
+            .iterator_cf(self.cf(cf::ITEM_EMBEDDINGS)?, IteratorMode::Start)
+        {
+            let (k, v) = entry.map_err(|e| Error::rocks("scanning item embeddings", e))?;
+            let id = codec::decode_id_key(&k)?;
+            if !visit(codec::decode_item_embedding(id, &v)?)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Up to `limit` (item_id, item_version) pairs waiting for the embed stage, in key order.
+    pub fn embed_pending(&self, limit: usize) -> Result<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        for entry in self
+            .db
+            .iterator_cf(self.cf(cf::EMBED_PENDING)?, IteratorMode::Start)
+            .take(limit)
+        {
+            let (k, _) = entry.map_err(|e| Error::rocks("scanning embed_pending", e))?;
+            let (id, version) = codec::decode_embed_pending_key(&k)?;
+            out.push((id.to_string(), version));
+        }
+        Ok(out)
+    }
+
+    /// Calls `visit` with every stored item after `after` (all when `None`), in id order, until it returns false.
+    pub fn for_each_item_from(
+        &self,
+        after: Option<&str>,
+        mut visit: impl FnMut(Item) -> Result<bool>,
+    ) -> Result<()> {
+        let start = after.map(codec::id_key);
+        let mode = match &start {
+            Some(k) => IteratorMode::From(k, rocksdb::Direction::Forward),
+            None => IteratorMode::Start,
+        };
+        for entry in self.db.iterator_cf(self.cf(cf::ITEMS)?, mode) {
+            let (k, v) = entry.map_err(|e| Error::rocks("scanning items", e))?;
+            if start.as_deref() == Some(&k[..]) {
+                continue;
+            }
+            if !visit(codec::decode_item(&v)?)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Ids in a family keyed by one id (items, item_stats, user_histories, ...), in key order.
     pub fn ids(&self, family: &str, limit: usize) -> Result<Vec<String>> {
         let mut out = Vec::new();
@@ -499,6 +564,31 @@ impl StateBatch<'_> {
             cf::ID_EMBEDDINGS,
             &codec::id_embedding_key(&e.item_id, &e.space),
             &codec::encode_id_embedding(e),
+        )
+    }
+
+    /// Marks an item version as waiting for the embed stage (written with the item itself).
+    pub fn put_embed_pending(&mut self, item_id: &str, item_version: u64) -> Result<()> {
+        self.put(
+            cf::EMBED_PENDING,
+            &codec::embed_pending_key(item_id, item_version),
+            &[codec::VALUE_V1],
+        )
+    }
+
+    /// Clears exactly one pending (item, version): a newer version queued meanwhile keeps its own entry.
+    pub fn delete_embed_pending(&mut self, item_id: &str, item_version: u64) -> Result<()> {
+        let handle = self.store.cf(cf::EMBED_PENDING)?;
+        self.batch
+            .delete_cf(handle, codec::embed_pending_key(item_id, item_version));
+        Ok(())
+    }
+
+    pub fn put_item_embedding(&mut self, e: &ItemEmbedding) -> Result<()> {
+        self.put(
+            cf::ITEM_EMBEDDINGS,
+            &codec::id_key(&e.item_id),
+            &codec::encode_item_embedding(e),
         )
     }
 

@@ -1,0 +1,191 @@
+//! The embed stage over the store: pending item versions (queued by ingest with the item itself), backfills,
+//! and model upgrades.
+//!
+//! Each embedded batch is committed in one RocksDB batch: the vectors plus the removal of exactly the pending
+//! entries they answer, so a crash re-embeds at most one batch and a newer item version queued meanwhile keeps
+//! its own entry. A stored vector stays readable until its replacement is committed: lookups never see a gap
+//! while a new model version re-embeds the catalogue.
+
+use std::sync::Arc;
+
+use super::Embedder;
+use crate::error::{Error, Result};
+use crate::metrics as m;
+use crate::schema::{Item, ItemEmbedding};
+use crate::store::Store;
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct EmbedReport {
+    pub embedded: usize,
+    pub not_embeddable: usize,
+    /// Pictures or sounds left out (fetch or decode failures); their items were still embedded.
+    pub media_dropped: usize,
+}
+
+impl std::ops::AddAssign for EmbedReport {
+    fn add_assign(&mut self, o: Self) {
+        self.embedded += o.embedded;
+        self.not_embeddable += o.not_embeddable;
+        self.media_dropped += o.media_dropped;
+    }
+}
+
+pub struct EmbedStage {
+    embedder: Embedder,
+    store: Arc<Store>,
+}
+
+impl EmbedStage {
+    pub fn new(embedder: Embedder, store: Arc<Store>) -> EmbedStage {
+        EmbedStage { embedder, store }
+    }
+
+    pub fn embedder(&self) -> &Embedder {
+        &self.embedder
+    }
+
+    /// Item versions waiting, up to `limit`.
+    pub fn pending(&self, limit: usize) -> Result<usize> {
+        Ok(self.store.embed_pending(limit)?.len())
+    }
+
+    /// Embeds up to `limit` pending item versions and commits them. Returns what was written (for publishing).
+    pub fn run_pending(&mut self, limit: usize) -> Result<(EmbedReport, Vec<ItemEmbedding>)> {
+        let pending = self.store.embed_pending(limit)?;
+        let mut items: Vec<Item> = Vec::new();
+        for (id, _) in &pending {
+            if items.last().is_some_and(|it: &Item| &it.item_id == id) {
+                continue;
+            }
+            // The stored item is the latest version: older pending versions of it are answered by it too.
+            if let Some(item) = self.store.item(id)? {
+                items.push(item);
+            }
+        }
+        let (report, written) = self.embed_and_store(&items, |batch| {
+            for (id, version) in &pending {
+                batch.delete_embed_pending(id, *version)?;
+            }
+            Ok(())
+        })?;
+        Ok((report, written))
+    }
+
+    /// Whether an item's stored vector is missing, from another model, or from an older item version.
+    pub fn needs_embedding(&self, item: &Item) -> Result<bool> {
+        let model = &self.embedder.manifest().model;
+        Ok(match self.store.item_embedding(&item.item_id)? {
+            None => true,
+            Some(e) => {
+                e.model != model.name
+                    || e.model_version != model.version
+                    || e.item_version < item.version
+            }
+        })
+    }
+
+    /// Embeds every stored item that [`needs_embedding`](Self::needs_embedding), in chunks, calling `progress`
+    /// with (items scanned, report so far). Resumable: a second run only does what the first did not finish.
+    pub fn backfill(
+        &mut self,
+        mut progress: impl FnMut(usize, &EmbedReport),
+    ) -> Result<EmbedReport> {
+        let chunk = self.embedder.batch_size() * 4;
+        let mut total = EmbedReport::default();
+        let mut scanned = 0usize;
+        let mut todo: Vec<Item> = Vec::new();
+        let mut failure: Option<Error> = None;
+        // Collect in chunks while scanning; embedding happens between scans so memory stays bounded.
+        let mut last_id: Option<String> = None;
+        loop {
+            todo.clear();
+            let mut exhausted = true;
+            let after = last_id.take();
+            self.store.for_each_item_from(after.as_deref(), |item| {
+                scanned += 1;
+                last_id = Some(item.item_id.clone());
+                match self.needs_embedding(&item) {
+                    Ok(true) => todo.push(item),
+                    Ok(false) => {}
+                    Err(e) => {
+                        failure = Some(e);
+                        return Ok(false);
+                    }
+                }
+                if todo.len() >= chunk {
+                    exhausted = false;
+                    return Ok(false);
+                }
+                Ok(true)
+            })?;
+            if let Some(e) = failure.take() {
+                return Err(e);
+            }
+            let items = std::mem::take(&mut todo);
+            let versions: Vec<(String, u64)> = items
+                .iter()
+                .map(|i| (i.item_id.clone(), i.version))
+                .collect();
+            let (report, _) = self.embed_and_store(&items, |batch| {
+                for (id, version) in &versions {
+                    batch.delete_embed_pending(id, *version)?;
+                }
+                Ok(())
+            })?;
+            total += report;
+            progress(scanned, &total);
+            if exhausted {
+                return Ok(total);
+            }
+        }
+    }
+
+    fn embed_and_store(
+        &mut self,
+        items: &[Item],
+        also: impl FnOnce(&mut crate::store::StateBatch<'_>) -> Result<()>,
+    ) -> Result<(EmbedReport, Vec<ItemEmbedding>)> {
+        let mut report = EmbedReport::default();
+        let results = self.embedder.embed(items)?;
+        let model = self.embedder.manifest().model.clone();
+        let now = now_ms();
+        let mut batch = self.store.batch();
+        let mut written = Vec::new();
+        for (item, result) in items.iter().zip(results) {
+            match result {
+                Ok(e) => {
+                    report.media_dropped += e.dropped.len();
+                    let out = ItemEmbedding {
+                        item_id: item.item_id.clone(),
+                        model: model.name.clone(),
+                        model_version: model.version.clone(),
+                        item_version: item.version,
+                        vector: e.vector,
+                        semantic_ids: Vec::new(),
+                        ts: now,
+                    };
+                    batch.put_item_embedding(&out)?;
+                    written.push(out);
+                    report.embedded += 1;
+                }
+                Err(e @ Error::NotEmbeddable { .. }) => {
+                    // Not retryable: the item stays without a vector until a new version brings content.
+                    tracing::warn!(item_id = %item.item_id, error = %e, "item not embedded");
+                    report.not_embeddable += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        also(&mut batch)?;
+        batch.commit()?;
+        metrics::counter!(m::ITEMS_EMBEDDED, "model" => model.name.clone())
+            .increment(report.embedded as u64);
+        Ok((report, written))
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
