@@ -59,15 +59,28 @@ fn errors(v: &jsonschema::Validator, value: &Value) -> Vec<String> {
 #[test]
 fn items_agree() {
     let b64 = base64::engine::general_purpose::STANDARD.encode(b"\x89PNG fake but valid base64");
-    let base = json!({"item_id": "v1", "created_at": TS, "version": 3});
+    let base = json!({"item_id": "v1", "title": "Noodles", "created_at": TS, "version": 3});
     let with = |patch: Value| patched(&base, patch);
     let without = |key: &str| {
         let mut v = base.clone();
         v.as_object_mut().unwrap().remove(key);
         v
     };
+    // Only media, only tags, only one text field: each is something to embed.
+    let content_only = |content: Value| {
+        let mut v = without("title");
+        v.as_object_mut()
+            .unwrap()
+            .extend(content.as_object().unwrap().clone());
+        v
+    };
     let valid = vec![
         base.clone(),
+        with(json!({"source": "douyin.feed"})),
+        content_only(json!({"tags": ["t"]})),
+        content_only(json!({"asr": " spoken "})),
+        content_only(json!({"frames": [{"uri": "file:///f.jpg"}]})),
+        content_only(json!({"audio": {"uri": "file:///a.wav"}})),
         with(
             json!({"author_id": "a1", "nickname": "chef", "title": "Noodles", "ocr": "o", "asr": "a", "tags": ["food", "recipe"]}),
         ),
@@ -103,8 +116,12 @@ fn items_agree() {
         with(json!({"created_at": 4_102_444_800_000i64})),
         with(json!({"version": -1})),
         with(json!({"unknown_field": 1})),
+        with(json!({"source": "has space"})),
+        without("title"),
+        content_only(json!({"title": "   ", "ocr": "\t"})),
+        content_only(json!({"tags": [], "frames": []})),
     ];
-    assert_eq!(agree(InputKind::Items, "sail.items", &valid, &invalid), 30);
+    assert_eq!(agree(InputKind::Items, "sail.items", &valid, &invalid), 39);
 }
 
 #[test]

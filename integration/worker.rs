@@ -104,7 +104,17 @@ struct Worker {
 }
 
 impl Worker {
+    /// A worker that only ingests (the embed stage has its own test below).
     fn start(broker: &Broker, dir: &Path, metrics_port: u16) -> Worker {
+        Worker::start_with(
+            broker,
+            dir,
+            metrics_port,
+            &[("SAILSTREAM__EMBED__ENABLED", "false")],
+        )
+    }
+
+    fn start_with(broker: &Broker, dir: &Path, metrics_port: u16, env: &[(&str, &str)]) -> Worker {
         let log = dir.join("worker.log");
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -129,6 +139,7 @@ impl Worker {
                 format!("127.0.0.1:{metrics_port}"),
             )
             .env("SAILSTREAM__LOG__LEVEL", "info,librdkafka=off,rdkafka=warn")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -564,4 +575,185 @@ async fn broker_stopped_and_restarted_mid_stream_loses_nothing() {
     let positions = log_positions(&dir.path().join("log"));
     assert_eq!(positions.len(), 30_000);
     assert_eq!(positions.iter().collect::<HashSet<_>>().len(), 30_000);
+}
+
+/// Reads a topic from the start until `at_least` messages arrived and it stays quiet for 3 s.
+async fn read_topic(broker: &Broker, topic: &str, at_least: usize) -> Vec<(String, Vec<u8>)> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", format!("read-{topic}-{}", free_port()))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    loop {
+        let timeout = if out.len() >= at_least {
+            Duration::from_secs(3)
+        } else {
+            Duration::from_secs(60)
+        };
+        match tokio::time::timeout(timeout, consumer.recv()).await {
+            Ok(Ok(msg)) => out.push((
+                String::from_utf8(msg.key().unwrap().to_vec()).unwrap(),
+                msg.payload().unwrap().to_vec(),
+            )),
+            Ok(Err(e)) => panic!("reading {topic}: {e}"),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_embeds_stores_and_publishes_items_even_across_a_sigkill() {
+    use sailstream::embed::{Embedder, cosine, model_dir};
+    let broker = Broker::start();
+    broker
+        .create_topics(&[
+            ("sail.items", 2),
+            ("sail.behaviours", 1),
+            ("sail.id_embeddings", 1),
+            ("sail.dlq", 1),
+            ("sail.item_embeddings", 1),
+        ])
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    // The model's fixtures (text, photos, WAVs, a broken picture) plus plain text items, and a second version
+    // of some of them: every item must end up embedded at its latest version.
+    let model = model_dir(&sailstream::Config::default());
+    let fixtures: Vec<serde_json::Value> =
+        std::fs::read_to_string(model.join("fixtures/items.jsonl"))
+            .expect("sail-lite fixtures (run scripts/setup.sh)")
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    let mut items: Vec<serde_json::Value> = fixtures.clone();
+    for i in 0..150 {
+        items.push(serde_json::json!({"item_id": format!("t{i}"), "title": format!("video number {i} about topic {}", i % 7),
+            "tags": [format!("topic{}", i % 7)], "created_at": T0, "version": 1}));
+    }
+    for i in 0..20 {
+        items.push(serde_json::json!({"item_id": format!("t{i}"), "title": format!("video number {i}, recut"),
+            "created_at": T0, "version": 2}));
+    }
+    let records: Vec<(String, Vec<u8>)> = items
+        .iter()
+        .map(|v| {
+            (
+                v["item_id"].as_str().unwrap().to_string(),
+                serde_json::to_vec(v).unwrap(),
+            )
+        })
+        .collect();
+    let producer = broker.producer();
+    broker
+        .produce(&producer, "sail.items", None, &records)
+        .await;
+    let env = [
+        ("SAILSTREAM__EMBED__BATCH_SIZE", "16"),
+        ("SAILSTREAM__EMBED__MAX_WAIT_MS", "100"),
+    ];
+
+    // Kill the worker while it is embedding, then let a second one finish.
+    let mut w = Worker::start_with(&broker, dir.path(), free_port(), &env);
+    wait_for_progress(
+        &mut w,
+        &store,
+        records.len() as i64,
+        Duration::from_secs(300),
+    );
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while embedded_count(&store) < 40 {
+        w.assert_alive();
+        assert!(
+            Instant::now() < deadline,
+            "no embeddings after 300 s:\n{}",
+            w.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    w.kill9();
+    let mut w = Worker::start_with(&broker, dir.path(), free_port(), &env);
+    let latest: HashMap<String, &serde_json::Value> = items
+        .iter()
+        .map(|v| (v["item_id"].as_str().unwrap().to_string(), v))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        w.assert_alive();
+        let done = Store::open_read_only(&store)
+            .map(|s| s.embed_pending(1).map(|p| p.is_empty()).unwrap_or(false))
+            .unwrap_or(false);
+        if done {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "items still pending after 300 s:\n{}",
+            w.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = w.terminate();
+    assert!(status.success(), "SIGTERM exits 0, got {status}");
+
+    // Every item is stored at its latest version, with the vector the model gives when called directly.
+    let s = Store::open_read_only(&store).unwrap();
+    let mut direct = Embedder::load_from(&model, &sailstream::Config::default()).unwrap();
+    let check: Vec<sailstream::schema::Item> =
+        ["fx-omni", "fx-frames", "fx-audio-tone", "t3", "t100"]
+            .iter()
+            .map(|id| s.item(id).unwrap().unwrap())
+            .collect();
+    let want = direct.embed(&check).unwrap();
+    for (item, want) in check.iter().zip(want) {
+        let got = s.item_embedding(&item.item_id).unwrap().unwrap();
+        assert!(
+            cosine(&got.vector, &want.unwrap().vector) > 0.9999,
+            "{}",
+            item.item_id
+        );
+    }
+    for (id, v) in &latest {
+        let e = s
+            .item_embedding(id)
+            .unwrap()
+            .unwrap_or_else(|| panic!("{id} not embedded"));
+        assert_eq!(e.item_version, v["version"].as_u64().unwrap(), "{id}");
+        assert_eq!((e.model.as_str(), e.vector.len()), ("sail-lite", 896));
+    }
+    // Published at least once per item, the last message per key carrying the stored vector.
+    let published = read_topic(&broker, "sail.item_embeddings", latest.len()).await;
+    let mut last: HashMap<String, sailstream::schema::ItemEmbedding> = HashMap::new();
+    for (key, payload) in published {
+        let e: sailstream::schema::ItemEmbedding = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(key, e.item_id);
+        let newer = last
+            .get(&key)
+            .is_none_or(|old| e.item_version >= old.item_version);
+        if newer {
+            last.insert(key, e);
+        }
+    }
+    assert_eq!(last.len(), latest.len(), "one published vector per item");
+    for (id, e) in &last {
+        assert_eq!(
+            e.vector,
+            s.item_embedding(id).unwrap().unwrap().vector,
+            "{id}"
+        );
+    }
+}
+
+fn embedded_count(store: &Path) -> u64 {
+    Store::open_read_only(store)
+        .and_then(|s| s.key_counts())
+        .map(|c| {
+            c.iter()
+                .find(|(n, _)| *n == "item_embeddings")
+                .map_or(0, |c| c.1)
+        })
+        .unwrap_or(0)
 }

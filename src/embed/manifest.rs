@@ -111,7 +111,7 @@ impl Manifest {
             toml::Deserializer::parse(&text)
                 .map_err(|e| Error::manifest(&path, "", e.to_string()))?,
         )
-        .map_err(|e| Error::manifest(&path, &e.path().to_string(), e.inner().to_string()))?;
+        .map_err(|e| Error::manifest(&path, e.path().to_string(), e.inner().to_string()))?;
         manifest.validate(&path)?;
         Ok(manifest)
     }

@@ -30,6 +30,15 @@ impl std::ops::AddAssign for EmbedReport {
     }
 }
 
+/// Vectors computed for a set of pending entries, not yet stored.
+#[derive(Debug, Clone)]
+pub struct ComputedBatch {
+    pub report: EmbedReport,
+    pub embeddings: Vec<ItemEmbedding>,
+    /// The (item, version) pending entries these vectors answer.
+    pub answered: Vec<(String, u64)>,
+}
+
 pub struct EmbedStage {
     embedder: Embedder,
     store: Arc<Store>,
@@ -49,8 +58,19 @@ impl EmbedStage {
         Ok(self.store.embed_pending(limit)?.len())
     }
 
-    /// Embeds up to `limit` pending item versions and commits them. Returns what was written (for publishing).
+    /// Embeds up to `limit` pending item versions and commits them. Returns what was written.
     pub fn run_pending(&mut self, limit: usize) -> Result<(EmbedReport, Vec<ItemEmbedding>)> {
+        let batch = self.compute_pending(limit)?;
+        let report = batch.report;
+        let written = batch.embeddings.clone();
+        self.commit(batch)?;
+        Ok((report, written))
+    }
+
+    /// Embeds up to `limit` pending item versions without storing them yet: the worker publishes the vectors
+    /// first and then [`commit`](Self::commit)s, so a crash in between re-embeds and republishes (at least once
+    /// on a compacted topic) instead of losing the publication.
+    pub fn compute_pending(&mut self, limit: usize) -> Result<ComputedBatch> {
         let pending = self.store.embed_pending(limit)?;
         let mut items: Vec<Item> = Vec::new();
         for (id, _) in &pending {
@@ -62,13 +82,27 @@ impl EmbedStage {
                 items.push(item);
             }
         }
-        let (report, written) = self.embed_and_store(&items, |batch| {
-            for (id, version) in &pending {
-                batch.delete_embed_pending(id, *version)?;
-            }
-            Ok(())
-        })?;
-        Ok((report, written))
+        let (report, embeddings) = self.compute(&items)?;
+        Ok(ComputedBatch {
+            report,
+            embeddings,
+            answered: pending,
+        })
+    }
+
+    /// Stores the vectors and clears exactly the pending entries they answer, in one atomic batch.
+    pub fn commit(&self, computed: ComputedBatch) -> Result<()> {
+        let mut batch = self.store.batch();
+        for e in &computed.embeddings {
+            batch.put_item_embedding(e)?;
+        }
+        for (id, version) in &computed.answered {
+            batch.delete_embed_pending(id, *version)?;
+        }
+        batch.commit()?;
+        metrics::counter!(m::ITEMS_EMBEDDED, "model" => self.embedder.manifest().model.name.clone())
+            .increment(computed.embeddings.len() as u64);
+        Ok(())
     }
 
     /// Whether an item's stored vector is missing, from another model, or from an older item version.
@@ -126,11 +160,11 @@ impl EmbedStage {
                 .iter()
                 .map(|i| (i.item_id.clone(), i.version))
                 .collect();
-            let (report, _) = self.embed_and_store(&items, |batch| {
-                for (id, version) in &versions {
-                    batch.delete_embed_pending(id, *version)?;
-                }
-                Ok(())
+            let (report, embeddings) = self.compute(&items)?;
+            self.commit(ComputedBatch {
+                report,
+                embeddings,
+                answered: versions,
             })?;
             total += report;
             progress(scanned, &total);
@@ -140,22 +174,17 @@ impl EmbedStage {
         }
     }
 
-    fn embed_and_store(
-        &mut self,
-        items: &[Item],
-        also: impl FnOnce(&mut crate::store::StateBatch<'_>) -> Result<()>,
-    ) -> Result<(EmbedReport, Vec<ItemEmbedding>)> {
+    fn compute(&mut self, items: &[Item]) -> Result<(EmbedReport, Vec<ItemEmbedding>)> {
         let mut report = EmbedReport::default();
         let results = self.embedder.embed(items)?;
         let model = self.embedder.manifest().model.clone();
         let now = now_ms();
-        let mut batch = self.store.batch();
         let mut written = Vec::new();
         for (item, result) in items.iter().zip(results) {
             match result {
                 Ok(e) => {
                     report.media_dropped += e.dropped.len();
-                    let out = ItemEmbedding {
+                    written.push(ItemEmbedding {
                         item_id: item.item_id.clone(),
                         model: model.name.clone(),
                         model_version: model.version.clone(),
@@ -163,9 +192,7 @@ impl EmbedStage {
                         vector: e.vector,
                         semantic_ids: Vec::new(),
                         ts: now,
-                    };
-                    batch.put_item_embedding(&out)?;
-                    written.push(out);
+                    });
                     report.embedded += 1;
                 }
                 Err(e @ Error::NotEmbeddable { .. }) => {
@@ -176,10 +203,6 @@ impl EmbedStage {
                 Err(e) => return Err(e),
             }
         }
-        also(&mut batch)?;
-        batch.commit()?;
-        metrics::counter!(m::ITEMS_EMBEDDED, "model" => model.name.clone())
-            .increment(report.embedded as u64);
         Ok((report, written))
     }
 }

@@ -1,16 +1,19 @@
 //! The long-running streaming worker: Kafka in, store and offline log out, until SIGTERM/SIGINT.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::producer::FutureProducer;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use super::kafka::{KafkaSource, PositionLookup};
 use super::{BatchReport, DeadLetterSink, Ingestor, Source};
 use crate::config::{Assignment, Config};
+use crate::embed::Embedder;
+use crate::embed::stage::EmbedStage;
 use crate::error::{Error, Fault, Result};
 use crate::metrics as m;
+use crate::schema::ItemEmbedding;
 use crate::store::Store;
 
 /// Runs until `shutdown` resolves. On shutdown the batch in hand is committed (or left for the next start, if
@@ -21,6 +24,13 @@ pub async fn run(
 ) -> Result<BatchReport> {
     let store = Arc::new(Store::open(&config.store.path)?);
     let producer = dlq_producer(&config)?;
+    // The model is loaded before consuming anything: a missing or mismatched model stops the start, loudly.
+    let mut embed = if config.embed.enabled {
+        let stage = EmbedStage::new(Embedder::load(&config)?, store.clone());
+        Some(EmbedLoop::new(stage, &config, producer.clone()))
+    } else {
+        None
+    };
     let dlq = DeadLetterSink::Kafka {
         producer,
         topic: config.kafka.topics.dlq.clone(),
@@ -106,6 +116,9 @@ pub async fn run(
             }
         }
         ingestor.roll_log(false)?;
+        if let Some(embed) = embed.as_mut() {
+            embed.tick().await;
+        }
     }
     ingestor.roll_log(true)?;
     tracing::info!(
@@ -116,6 +129,91 @@ pub async fn run(
         "worker stopped"
     );
     Ok(total)
+}
+
+/// Embeds the item versions ingest queued, by batch size or deadline, between ingest batches; publishes each
+/// batch's vectors before storing them (at least once on the compacted topic; a crash in between re-embeds).
+struct EmbedLoop {
+    stage: EmbedStage,
+    producer: Option<(FutureProducer, String)>,
+    batch_size: usize,
+    max_wait: Duration,
+    waiting_since: Option<Instant>,
+}
+
+impl EmbedLoop {
+    fn new(stage: EmbedStage, config: &Config, producer: FutureProducer) -> EmbedLoop {
+        EmbedLoop {
+            stage,
+            producer: config
+                .embed
+                .publish
+                .then(|| (producer, config.kafka.topics.item_embeddings.clone())),
+            batch_size: config.embed.batch_size,
+            max_wait: Duration::from_millis(config.embed.max_wait_ms),
+            waiting_since: None,
+        }
+    }
+
+    /// One step: embeds a batch when a full one is waiting or the oldest waited `max_wait`. Failures are logged
+    /// and counted; the pending entries stay, so the next tick retries them.
+    async fn tick(&mut self) {
+        if let Err(e) = self.try_tick().await {
+            metrics::counter!(m::RETRIES, "stage" => "embed").increment(1);
+            tracing::warn!(error = %e, "embedding batch failed; it stays pending and is retried");
+        }
+    }
+
+    async fn try_tick(&mut self) -> Result<()> {
+        let waiting = self.stage.pending(self.batch_size)?;
+        if waiting == 0 {
+            self.waiting_since = None;
+            return Ok(());
+        }
+        let since = *self.waiting_since.get_or_insert_with(Instant::now);
+        if waiting < self.batch_size && since.elapsed() < self.max_wait {
+            return Ok(());
+        }
+        let computed = self.stage.compute_pending(self.batch_size)?;
+        if let Some((producer, topic)) = &self.producer {
+            publish(producer, topic, &computed.embeddings).await?;
+        }
+        self.stage.commit(computed)?;
+        self.waiting_since = None;
+        Ok(())
+    }
+}
+
+async fn publish(
+    producer: &FutureProducer,
+    topic: &str,
+    embeddings: &[ItemEmbedding],
+) -> Result<()> {
+    // Enqueue everything first (librdkafka batches it), then wait for every acknowledgement.
+    let mut deliveries = Vec::with_capacity(embeddings.len());
+    for e in embeddings {
+        let payload = serde_json::to_vec(e)
+            .map_err(|err| Error::Internal(format!("encoding embedding: {err}")))?;
+        let record = FutureRecord::to(topic).key(&e.item_id).payload(&payload);
+        let delivery = producer
+            .send_result(record)
+            .map_err(|(err, _)| Error::kafka(format!("queueing for {topic}"), err))?;
+        deliveries.push(delivery);
+    }
+    for delivery in deliveries {
+        match delivery.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((err, _))) => return Err(Error::kafka(format!("publishing to {topic}"), err)),
+            Err(_) => {
+                return Err(Error::Internal(format!(
+                    "producer dropped a delivery to {topic}"
+                )));
+            }
+        }
+    }
+    metrics::counter!(m::EMBEDDINGS_PUBLISHED, "topic" => topic.to_string())
+        .increment(embeddings.len() as u64);
+    Ok(())
 }
 
 fn dlq_producer(config: &Config) -> Result<FutureProducer> {
