@@ -28,6 +28,9 @@ use crate::error::{Error, Result};
 use crate::metrics as m;
 use crate::schema::Item;
 
+/// Named input tensors of one inference call.
+pub type Inputs = Vec<(String, ort::session::SessionInputValue<'static>)>;
+
 /// What preprocessing made of one item, ready to be batched.
 #[derive(Debug, Clone, Default)]
 pub struct Prepared {
@@ -144,6 +147,10 @@ impl Embedder {
         self.batch_size
     }
 
+    pub fn set_batch_size(&mut self, n: usize) {
+        self.batch_size = n.max(1);
+    }
+
     /// Text, pictures and sound of one item, preprocessed. Media that cannot be fetched or decoded is left out
     /// and listed in `dropped`; the item is embeddable as long as something is left.
     pub fn prepare(&self, item: &Item) -> Result<Prepared> {
@@ -252,21 +259,26 @@ impl Embedder {
     /// One inference call over prepared items; returns one vector per item.
     pub fn run(&mut self, batch: &[&Prepared]) -> Result<Vec<Vec<f32>>> {
         let inputs = self.tensors(batch)?;
+        self.infer(inputs, batch.len())
+    }
+
+    /// One inference call on ready-made inputs (from [`tensors`](Self::tensors)) for `items` items.
+    pub fn infer(&mut self, inputs: Inputs, items: usize) -> Result<Vec<Vec<f32>>> {
         let started = Instant::now();
         let outputs = self
             .session
             .run(inputs)
             .map_err(|e| Error::ort("running the embedding model", e))?;
         metrics::histogram!(m::EMBED_INFERENCE_SECONDS).record(started.elapsed().as_secs_f64());
-        metrics::histogram!(m::EMBED_BATCH_ITEMS).record(batch.len() as f64);
+        metrics::histogram!(m::EMBED_BATCH_ITEMS).record(items as f64);
         let (shape, data) = outputs[self.manifest.output.name.as_str()]
             .try_extract_tensor::<f32>()
             .map_err(|e| Error::ort("reading the embedding output", e))?;
         let dim = self.manifest.output.dim;
-        if shape.len() != 2 || shape[0] as usize != batch.len() || shape[1] as usize != dim {
+        if shape.len() != 2 || shape[0] as usize != items || shape[1] as usize != dim {
             return Err(Error::ort(
                 "reading the embedding output",
-                format!("shape {:?}, expected [{}, {dim}]", &shape[..], batch.len()),
+                format!("shape {:?}, expected [{items}, {dim}]", &shape[..]),
             ));
         }
         Ok(data
@@ -283,10 +295,7 @@ impl Embedder {
 
     /// The graph's six inputs for a batch: token ids and mask padded to the longest text, all frames and audio
     /// blocks of the batch stacked, and per-item weight rows that average an item's own frames / blocks.
-    pub fn tensors(
-        &self,
-        batch: &[&Prepared],
-    ) -> Result<Vec<(String, ort::session::SessionInputValue<'static>)>> {
+    pub fn tensors(&self, batch: &[&Prepared]) -> Result<Inputs> {
         let b = batch.len();
         let len = batch
             .iter()
