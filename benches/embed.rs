@@ -150,7 +150,9 @@ fn main() {
     if !full {
         println!("smoke run of the embed benchmark (use `cargo bench --bench embed` for numbers)");
     }
-    let config = Config::default();
+    // Environment overrides apply (SAILSTREAM__EMBED__DEVICE=cuda, SAILSTREAM__EMBED__MODEL_DIR=...), so the same
+    // binary measures a GPU machine (scripts/gpu-check.sh).
+    let config = Config::load(None).expect("config");
     let model = model_dir(&config);
     let fixtures = model.join("fixtures");
     let mut embedder =

@@ -105,6 +105,16 @@ fn demo_replays_the_sample_prints_the_store_and_serves_metrics() {
         stdout.contains("sailstream_records_applied_total{topic=\"sail.behaviours\"} 1705"),
         "metrics endpoint scraped:\n{stdout}"
     );
+    // Every valid item is embedded, and the demo shows neighbours by embedding.
+    assert!(
+        stderr.contains("embedded 40 items with sail-lite 0.1.0"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("item_embeddings        40"), "{stdout}");
+    assert!(
+        stdout.contains("Nearest items by embedding (sail-lite 0.1.0, 896 dims"),
+        "{stdout}"
+    );
 
     // Running it again applies nothing: positions are stored with the state.
     let out = run();
@@ -112,6 +122,35 @@ fn demo_replays_the_sample_prints_the_store_and_serves_metrics() {
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("nothing new"), "{stdout}");
     assert!(stdout.contains("items                  40"), "{stdout}");
+    assert!(
+        stderr.contains("embedded 0 items"),
+        "nothing re-embedded:\n{stderr}"
+    );
+
+    // A backfill with the same model has nothing to do; `nearest` and `store item` read the vectors.
+    let with_store = |args: &[&str]| {
+        bin()
+            .args(args)
+            .env("SAILSTREAM__STORE__PATH", &store)
+            .output()
+            .unwrap()
+    };
+    let out = with_store(&["embed", "--backfill"]);
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("embedded 0 items"), "{stderr}");
+    let out = with_store(&["nearest", "v0001", "-k", "3"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout.lines().count(), 3, "{stdout}");
+    let out = with_store(&["store", "item", "v0001"]);
+    let (stdout, _) = text(&out);
+    assert!(
+        stdout.contains("embedding: sail-lite 0.1.0 (item v2), 896 dims"),
+        "{stdout}"
+    );
+    let out = with_store(&["nearest", "no-such-item"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out).1);
 }
 
 #[test]
