@@ -39,7 +39,7 @@ pub const KAFKA_REBALANCES: &str = "sailstream_kafka_rebalances_total";
 pub const EMBED_DEVICE: &str = "sailstream_embed_device";
 /// Counter, labels: model. Items embedded and stored.
 pub const ITEMS_EMBEDDED: &str = "sailstream_items_embedded_total";
-/// Counter, labels: reason (no_modality). Items that could not be embedded at all.
+/// Counter, labels: reason (no_modality | preprocess_error). Items that could not be embedded at all.
 pub const ITEMS_NOT_EMBEDDABLE: &str = "sailstream_items_not_embeddable_total";
 /// Counter, labels: modality (image | audio), reason (too_large | unreadable | undecodable). Media left out of an
 /// item's embedding.

@@ -231,7 +231,11 @@ impl Embedder {
                         problem,
                     })));
                 }
-                Err(e) => results.push(Some(Err(e))),
+                Err(e) => {
+                    metrics::counter!(m::ITEMS_NOT_EMBEDDABLE, "reason" => "preprocess_error")
+                        .increment(1);
+                    results.push(Some(Err(e)));
+                }
             }
         }
         // Similar lengths together: padding to the longest in a batch then costs little.

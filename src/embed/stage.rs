@@ -195,12 +195,12 @@ impl EmbedStage {
                     });
                     report.embedded += 1;
                 }
-                Err(e @ Error::NotEmbeddable { .. }) => {
-                    // Not retryable: the item stays without a vector until a new version brings content.
+                Err(e) => {
+                    // A per-item failure (nothing to embed, a tokenizer error) is not retried: the item stays
+                    // without a vector until a new version arrives, and never holds back the others.
                     tracing::warn!(item_id = %item.item_id, error = %e, "item not embedded");
                     report.not_embeddable += 1;
                 }
-                Err(e) => return Err(e),
             }
         }
         Ok((report, written))
