@@ -745,6 +745,62 @@ async fn worker_embeds_stores_and_publishes_items_even_across_a_sigkill() {
             "{id}"
         );
     }
+    drop(s);
+
+    // A new model version: the restarted worker re-embeds the catalogue in the background, with nothing new
+    // arriving, and publishes the new vectors.
+    let upgraded = dir.path().join("sail-lite-0.2.0");
+    std::fs::create_dir_all(&upgraded).unwrap();
+    for name in ["model.onnx", "tokenizer.json"] {
+        std::os::unix::fs::symlink(model.join(name), upgraded.join(name)).unwrap();
+    }
+    let manifest = std::fs::read_to_string(model.join("manifest.toml")).unwrap();
+    std::fs::write(
+        upgraded.join("manifest.toml"),
+        manifest.replace("version = \"0.1.0\"", "version = \"0.2.0\""),
+    )
+    .unwrap();
+    let upgraded_dir = upgraded.to_str().unwrap();
+    let mut env2 = env.to_vec();
+    env2.push(("SAILSTREAM__EMBED__MODEL_DIR", upgraded_dir));
+    let done_marker = "every stored item has a current embedding";
+    let earlier = std::fs::read_to_string(dir.path().join("worker.log"))
+        .map_or(0, |l| l.matches(done_marker).count());
+    let mut w = Worker::start_with(&broker, dir.path(), free_port(), &env2);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        w.assert_alive();
+        if w.logs().matches(done_marker).count() > earlier {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no background re-embedding after 300 s:\n{}",
+            w.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(w.terminate().success());
+    let s = Store::open_read_only(&store).unwrap();
+    for id in latest.keys() {
+        assert_eq!(
+            s.item_embedding(id).unwrap().unwrap().model_version,
+            "0.2.0",
+            "{id}"
+        );
+    }
+    let published = read_topic(&broker, "sail.item_embeddings", 2 * latest.len()).await;
+    let upgraded_ids: HashSet<String> = published
+        .iter()
+        .map(|(_, p)| serde_json::from_slice::<sailstream::schema::ItemEmbedding>(p).unwrap())
+        .filter(|e| e.model_version == "0.2.0")
+        .map(|e| e.item_id)
+        .collect();
+    assert_eq!(
+        upgraded_ids.len(),
+        latest.len(),
+        "every re-embedded vector published"
+    );
 }
 
 fn embedded_count(store: &Path) -> u64 {

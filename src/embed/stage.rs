@@ -42,11 +42,18 @@ pub struct ComputedBatch {
 pub struct EmbedStage {
     embedder: Embedder,
     store: Arc<Store>,
+    upgrade_cursor: Option<String>,
+    upgrade_done: bool,
 }
 
 impl EmbedStage {
     pub fn new(embedder: Embedder, store: Arc<Store>) -> EmbedStage {
-        EmbedStage { embedder, store }
+        EmbedStage {
+            embedder,
+            store,
+            upgrade_cursor: None,
+            upgrade_done: false,
+        }
     }
 
     pub fn embedder(&self) -> &Embedder {
@@ -118,6 +125,60 @@ impl EmbedStage {
         })
     }
 
+    /// Scans stored items after `after` (at most `max_scan` of them) and returns up to `want` that need
+    /// embedding, the id to continue after, and whether the scan reached the end.
+    fn scan(
+        &self,
+        after: Option<&str>,
+        want: usize,
+        max_scan: usize,
+    ) -> Result<(Vec<Item>, Option<String>, bool, usize)> {
+        let mut todo = Vec::new();
+        let mut last: Option<String> = None;
+        let mut scanned = 0usize;
+        let mut exhausted = true;
+        let mut failure: Option<Error> = None;
+        self.store.for_each_item_from(after, |item| {
+            scanned += 1;
+            last = Some(item.item_id.clone());
+            match self.needs_embedding(&item) {
+                Ok(true) => todo.push(item),
+                Ok(false) => {}
+                Err(e) => {
+                    failure = Some(e);
+                    return Ok(false);
+                }
+            }
+            if todo.len() >= want || scanned >= max_scan {
+                exhausted = false;
+                return Ok(false);
+            }
+            Ok(true)
+        })?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        Ok((
+            todo,
+            last.or_else(|| after.map(str::to_string)),
+            exhausted,
+            scanned,
+        ))
+    }
+
+    fn compute_items(&mut self, items: Vec<Item>) -> Result<ComputedBatch> {
+        let answered = items
+            .iter()
+            .map(|i| (i.item_id.clone(), i.version))
+            .collect();
+        let (report, embeddings) = self.compute(&items)?;
+        Ok(ComputedBatch {
+            report,
+            embeddings,
+            answered,
+        })
+    }
+
     /// Embeds every stored item that [`needs_embedding`](Self::needs_embedding), in chunks, calling `progress`
     /// with (items scanned, report so far). Resumable: a second run only does what the first did not finish.
     pub fn backfill(
@@ -127,51 +188,46 @@ impl EmbedStage {
         let chunk = self.embedder.batch_size() * 4;
         let mut total = EmbedReport::default();
         let mut scanned = 0usize;
-        let mut todo: Vec<Item> = Vec::new();
-        let mut failure: Option<Error> = None;
-        // Collect in chunks while scanning; embedding happens between scans so memory stays bounded.
-        let mut last_id: Option<String> = None;
+        let mut cursor: Option<String> = None;
         loop {
-            todo.clear();
-            let mut exhausted = true;
-            let after = last_id.take();
-            self.store.for_each_item_from(after.as_deref(), |item| {
-                scanned += 1;
-                last_id = Some(item.item_id.clone());
-                match self.needs_embedding(&item) {
-                    Ok(true) => todo.push(item),
-                    Ok(false) => {}
-                    Err(e) => {
-                        failure = Some(e);
-                        return Ok(false);
-                    }
-                }
-                if todo.len() >= chunk {
-                    exhausted = false;
-                    return Ok(false);
-                }
-                Ok(true)
-            })?;
-            if let Some(e) = failure.take() {
-                return Err(e);
-            }
-            let items = std::mem::take(&mut todo);
-            let versions: Vec<(String, u64)> = items
-                .iter()
-                .map(|i| (i.item_id.clone(), i.version))
-                .collect();
-            let (report, embeddings) = self.compute(&items)?;
-            self.commit(ComputedBatch {
-                report,
-                embeddings,
-                answered: versions,
-            })?;
-            total += report;
+            let (items, next, exhausted, n) = self.scan(cursor.as_deref(), chunk, usize::MAX)?;
+            scanned += n;
+            cursor = next;
+            let computed = self.compute_items(items)?;
+            total += computed.report;
+            self.commit(computed)?;
             progress(scanned, &total);
             if exhausted {
                 return Ok(total);
             }
         }
+    }
+
+    /// One step of a background re-embedding (the worker calls it when nothing is pending): scans at most
+    /// `max_scan` items from where the previous step stopped and computes up to `want` of those that need a
+    /// vector (a new model version, or a version the queue missed). `Ok(None)` once the whole catalogue is
+    /// current. The caller publishes and [`commit`](Self::commit)s the batch.
+    pub fn upgrade_step(&mut self, want: usize, max_scan: usize) -> Result<Option<ComputedBatch>> {
+        if self.upgrade_done {
+            return Ok(None);
+        }
+        let (items, next, exhausted, _) =
+            self.scan(self.upgrade_cursor.as_deref(), want, max_scan)?;
+        self.upgrade_cursor = next;
+        if exhausted {
+            self.upgrade_done = true;
+            let model = &self.embedder.manifest().model;
+            tracing::info!(model = %model.name, version = %model.version,
+                "every stored item has a current embedding");
+        }
+        if items.is_empty() {
+            return Ok(Some(ComputedBatch {
+                report: EmbedReport::default(),
+                embeddings: Vec::new(),
+                answered: Vec::new(),
+            }));
+        }
+        self.compute_items(items).map(Some)
     }
 
     fn compute(&mut self, items: &[Item]) -> Result<(EmbedReport, Vec<ItemEmbedding>)> {

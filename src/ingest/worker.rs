@@ -10,7 +10,7 @@ use super::kafka::{KafkaSource, PositionLookup};
 use super::{BatchReport, DeadLetterSink, Ingestor, Source};
 use crate::config::{Assignment, Config};
 use crate::embed::Embedder;
-use crate::embed::stage::EmbedStage;
+use crate::embed::stage::{ComputedBatch, EmbedStage};
 use crate::error::{Error, Fault, Result};
 use crate::metrics as m;
 use crate::schema::ItemEmbedding;
@@ -168,6 +168,14 @@ impl EmbedLoop {
         let waiting = self.stage.pending(self.batch_size)?;
         if waiting == 0 {
             self.waiting_since = None;
+            // Idle: re-embed in the background what another model version (or nothing) embedded; lookups keep
+            // reading each old vector until its replacement is committed.
+            if let Some(computed) = self
+                .stage
+                .upgrade_step(self.batch_size, 50 * self.batch_size)?
+            {
+                self.publish_and_commit(computed).await?;
+            }
             return Ok(());
         }
         let since = *self.waiting_since.get_or_insert_with(Instant::now);
@@ -175,12 +183,19 @@ impl EmbedLoop {
             return Ok(());
         }
         let computed = self.stage.compute_pending(self.batch_size)?;
+        self.publish_and_commit(computed).await?;
+        self.waiting_since = None;
+        Ok(())
+    }
+
+    async fn publish_and_commit(&mut self, computed: ComputedBatch) -> Result<()> {
+        if computed.embeddings.is_empty() && computed.answered.is_empty() {
+            return Ok(());
+        }
         if let Some((producer, topic)) = &self.producer {
             publish(producer, topic, &computed.embeddings).await?;
         }
-        self.stage.commit(computed)?;
-        self.waiting_since = None;
-        Ok(())
+        self.stage.commit(computed)
     }
 }
 
@@ -231,17 +246,23 @@ fn dlq_producer(config: &Config) -> Result<FutureProducer> {
 }
 
 /// Resolves on the first SIGTERM or SIGINT.
-pub async fn termination_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the worker");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called (not when first polled), so a
+/// signal that arrives while the worker is still starting (loading the model) is not lost: the worker then
+/// starts, drains nothing, and exits 0. Must be called inside a Tokio runtime.
+pub fn termination_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: draining"),
+                _ = int.recv() => tracing::info!("SIGINT: draining"),
+            },
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM/SIGINT; only Ctrl-C stops the worker");
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: draining"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
     }
 }
