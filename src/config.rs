@@ -35,6 +35,15 @@ pub struct Config {
     pub log: LogConfig,
     pub runtime: RuntimeConfig,
     pub embed: EmbedConfig,
+    pub jobs: JobsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JobsConfig {
+    pub output_dir: PathBuf,
+    pub copairs_window_ms: u64,
+    pub copairs_min_support: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -320,6 +329,18 @@ impl Config {
                 ));
             }
         }
+        range(
+            "jobs.copairs_window_ms",
+            self.jobs.copairs_window_ms,
+            1,
+            365 * 86_400_000,
+        )?;
+        range(
+            "jobs.copairs_min_support",
+            self.jobs.copairs_min_support,
+            1,
+            1_000_000,
+        )?;
         range("embed.batch_size", size(self.embed.batch_size), 1, 4096)?;
         range("embed.max_wait_ms", self.embed.max_wait_ms, 0, 600_000)?;
         range(

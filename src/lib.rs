@@ -9,6 +9,7 @@ pub mod config;
 pub mod embed;
 pub mod error;
 pub mod ingest;
+pub mod jobs;
 pub mod metrics;
 pub mod runtime;
 pub mod schema;

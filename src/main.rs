@@ -51,6 +51,11 @@ enum Command {
         #[arg(short, default_value_t = 5)]
         k: usize,
     },
+    /// Batch jobs on DataFusion over the offline log.
+    Job {
+        #[command(subcommand)]
+        command: JobCommand,
+    },
     /// Inspect or change configuration.
     Config {
         #[command(subcommand)]
@@ -63,6 +68,12 @@ enum Command {
     },
     /// Check that the real parts are installed and usable: store, ONNX Runtime, broker binary.
     Doctor,
+}
+
+#[derive(Subcommand)]
+enum JobCommand {
+    /// Run one job now: copairs (co-consumption pairs).
+    Run { name: String },
 }
 
 #[derive(Subcommand)]
@@ -111,6 +122,9 @@ fn main() -> ExitCode {
             Command::Replay { files, dlq } => cli::replay(&config, &files, dlq).await.map(|_| ()),
             Command::Embed { backfill } => cli::embed(&config, backfill).map(|_| ()),
             Command::Nearest { item_id, k } => cli::nearest(&config, &item_id, k),
+            Command::Job {
+                command: JobCommand::Run { name },
+            } => cli::job_run(&config, &name).await,
             Command::Config {
                 command: ConfigCommand::Show,
             } => cli::config_show(&config),

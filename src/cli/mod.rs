@@ -240,6 +240,31 @@ fn nearest_items(store: &Store, item_id: &str, k: usize) -> Result<Vec<(String, 
         .collect()
 }
 
+/// The jobs `sailstream job run` knows, in the order a backfill runs them.
+pub const JOBS: [&str; 1] = ["copairs"];
+
+pub async fn job_run(config: &Config, name: &str) -> Result<()> {
+    let started = Instant::now();
+    let ctx = sailstream::jobs::JobContext::over_log(config).await?;
+    let report = match name {
+        "copairs" => sailstream::jobs::copairs::run(&ctx, config).await?,
+        other => {
+            return Err(Error::invalid(
+                "job",
+                format!("unknown job '{other}' (known: {})", JOBS.join(", ")),
+            ));
+        }
+    };
+    eprintln!(
+        "job {} wrote {} rows to {} in {:.2}s",
+        report.job,
+        report.rows,
+        report.output.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 pub async fn worker(config: &Config) -> Result<()> {
     if config.metrics.enabled {
         sailstream::metrics::install_prometheus(config.metrics_addr())?;

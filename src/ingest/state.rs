@@ -27,6 +27,34 @@ impl Positives {
         }
     }
 
+    /// The same definition as a SQL predicate over the offline log's behaviour columns (`action`, `dwell_ms`,
+    /// `rating`), for the DataFusion jobs. Action names come from a closed enum, so they need no escaping.
+    pub fn sql_predicate(&self) -> String {
+        let list = |actions: &[Action]| {
+            actions
+                .iter()
+                .map(|a| format!("'{}'", a.as_str()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut terms = Vec::new();
+        if !self.actions.is_empty() {
+            terms.push(format!("action IN ({})", list(&self.actions)));
+        }
+        if !self.dwell_actions.is_empty() {
+            terms.push(format!(
+                "(action IN ({}) AND dwell_ms >= {})",
+                list(&self.dwell_actions),
+                self.min_dwell_ms
+            ));
+        }
+        terms.push(format!(
+            "(rating IS NOT NULL AND rating >= {:?})",
+            self.min_rating
+        ));
+        format!("({})", terms.join(" OR "))
+    }
+
     pub fn is_positive(&self, b: &Behaviour) -> bool {
         self.actions.contains(&b.action)
             || (self.dwell_actions.contains(&b.action) && b.dwell_ms >= self.min_dwell_ms)

@@ -1,0 +1,194 @@
+//! DataFusion jobs over the offline log written by the real ingest path, checked against independent
+//! computations in the test.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Command;
+
+use arrow::array::AsArray;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+const DAY: i64 = 86_400_000;
+const T0: i64 = 1_750_000_000_000;
+
+struct Ev {
+    user: String,
+    item: String,
+    action: &'static str,
+    dwell: u64,
+    ts: i64,
+    rating: Option<f64>,
+}
+
+/// The default [positives], re-stated here on purpose (not calling the library).
+fn positive(e: &Ev) -> bool {
+    ["like", "share", "comment", "favorite", "follow", "finish"].contains(&e.action)
+        || (e.action == "play" && e.dwell >= 10_000)
+        || e.rating.is_some_and(|r| r >= 4.0)
+}
+
+fn events() -> Vec<Ev> {
+    let actions = [
+        "impression",
+        "play",
+        "like",
+        "skip",
+        "finish",
+        "rate",
+        "share",
+        "click",
+    ];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    (0..3_000)
+        .map(|i| {
+            let action = actions[next(actions.len() as u64) as usize];
+            Ev {
+                user: format!("u{}", next(40)),
+                item: format!("i{:02}", next(25)),
+                action,
+                dwell: next(30_000),
+                // Spread over 6 days so that the 1-day window matters.
+                ts: T0 + next(6 * DAY as u64) as i64 + i,
+                rating: (action == "rate").then(|| 1.0 + next(5) as f64),
+            }
+        })
+        .collect()
+}
+
+fn bin(dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sailstream"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SAILSTREAM") {
+            c.env_remove(k);
+        }
+    }
+    c.env("SAILSTREAM__STORE__PATH", dir.join("store"))
+        .env("SAILSTREAM__OFFLINE_LOG__PATH", dir.join("log"))
+        .env("SAILSTREAM__JOBS__OUTPUT_DIR", dir.join("exports"))
+        .env("SAILSTREAM__EMBED__ENABLED", "false")
+        .env("SAILSTREAM__METRICS__ENABLED", "false");
+    c
+}
+
+fn run(c: &mut Command) -> String {
+    let out = c.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    stderr
+}
+
+fn read_parquet_dir(dir: &Path) -> Vec<arrow::array::RecordBatch> {
+    let mut out = Vec::new();
+    for f in std::fs::read_dir(dir).unwrap() {
+        let path = f.unwrap().path();
+        if path.extension().is_some_and(|x| x == "parquet") {
+            let reader =
+                ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap())
+                    .unwrap()
+                    .build()
+                    .unwrap();
+            out.extend(reader.map(|b| b.unwrap()));
+        }
+    }
+    out
+}
+
+#[test]
+fn copairs_match_an_independent_computation() {
+    let dir = tempfile::tempdir().unwrap();
+    let evs = events();
+    let file = dir.path().join("behaviours.jsonl");
+    let lines: Vec<String> = evs
+        .iter()
+        .map(|e| {
+            let mut v = serde_json::json!({"user_id": e.user, "item_id": e.item, "action": e.action,
+                "dwell_ms": e.dwell, "ts": e.ts});
+            if let Some(r) = e.rating {
+                v["rating"] = r.into();
+            }
+            v.to_string()
+        })
+        .collect();
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+
+    // No log yet: a clear error, exit 2.
+    let out = bin(dir.path())
+        .args(["job", "run", "copairs"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no behaviour segments"));
+
+    run(bin(dir.path()).args([
+        "replay",
+        "--file",
+        &format!("{}:sail.behaviours", file.display()),
+    ]));
+    let stderr = run(bin(dir.path()).args(["job", "run", "copairs"]));
+    assert!(stderr.contains("job copairs wrote"), "{stderr}");
+
+    // Reference: every pair of one user's positives on two different items at most a day apart.
+    let mut by_user: BTreeMap<&str, Vec<&Ev>> = BTreeMap::new();
+    for e in evs.iter().filter(|e| positive(e)) {
+        by_user.entry(&e.user).or_default().push(e);
+    }
+    let mut want: BTreeMap<(String, String), (BTreeSet<&str>, u64)> = BTreeMap::new();
+    for (user, list) in &by_user {
+        for a in list {
+            for b in list {
+                if a.item < b.item && (a.ts - b.ts).abs() <= DAY {
+                    let e = want.entry((a.item.clone(), b.item.clone())).or_default();
+                    e.0.insert(user);
+                    e.1 += 1;
+                }
+            }
+        }
+    }
+    want.retain(|_, (users, _)| users.len() >= 2);
+    assert!(
+        want.len() > 50,
+        "the fixture should produce many pairs, got {}",
+        want.len()
+    );
+
+    let mut got: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+    for batch in read_parquet_dir(&dir.path().join("exports/copairs")) {
+        let a = batch
+            .column_by_name("item_a")
+            .unwrap()
+            .as_string::<i32>()
+            .clone();
+        let b = batch
+            .column_by_name("item_b")
+            .unwrap()
+            .as_string::<i32>()
+            .clone();
+        let users = batch
+            .column_by_name("users")
+            .unwrap()
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .clone();
+        let co = batch
+            .column_by_name("co_events")
+            .unwrap()
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .clone();
+        for i in 0..batch.num_rows() {
+            got.insert(
+                (a.value(i).into(), b.value(i).into()),
+                (users.value(i) as u64, co.value(i) as u64),
+            );
+        }
+    }
+    let want: BTreeMap<(String, String), (u64, u64)> = want
+        .into_iter()
+        .map(|(k, (u, c))| (k, (u.len() as u64, c)))
+        .collect();
+    assert_eq!(got, want);
+}
