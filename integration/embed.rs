@@ -384,3 +384,55 @@ fn stage_embeds_pending_versions_and_upgrades_models_without_gaps() -> Result<()
     }
     Ok(())
 }
+
+#[test]
+fn new_items_get_semantic_ids_from_trained_codebooks() -> Result<()> {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path().join("store"))?);
+    let titles = [
+        "cat video",
+        "kitten playing",
+        "coffee tutorial",
+        "espresso at home",
+        "rocket launch",
+        "space mission",
+    ];
+    let mut b = store.batch();
+    for (i, t) in titles.iter().enumerate() {
+        let id = format!("s{i}");
+        b.put_item(&item(serde_json::json!({"item_id": id, "title": t})))?;
+        b.put_embed_pending(&id, 1)?;
+    }
+    b.commit()?;
+    let mut stage = EmbedStage::new(
+        Embedder::load_from(&default_model(), &Config::default())?,
+        store.clone(),
+    );
+    stage.run_pending(100)?;
+    let mut config = Config::default();
+    config.jobs.semantic_id_codebooks = vec![3, 2];
+    sailstream::jobs::semantic_ids::run(&store, &config)?;
+    let books = store.codebooks()?.unwrap();
+    assert_eq!(
+        (books.model.as_str(), books.model_version.as_str()),
+        ("sail-lite", "0.1.0")
+    );
+
+    let mut b = store.batch();
+    b.put_item(&item(
+        serde_json::json!({"item_id": "new", "title": "a kitten and a cat"}),
+    ))?;
+    b.put_embed_pending("new", 1)?;
+    b.commit()?;
+    let (_, written) = stage.run_pending(100)?;
+    let e = &written[0];
+    assert_eq!(e.semantic_ids.len(), 2);
+    assert_eq!(
+        e.semantic_ids,
+        sailstream::jobs::semantic_ids::assign(&books, &e.vector)
+    );
+    assert_eq!(store.semantic_ids("new")?.unwrap().1, e.semantic_ids);
+    // The new cat item shares its coarse code with the cat items.
+    assert_eq!(store.semantic_ids("s0")?.unwrap().1[0], e.semantic_ids[0]);
+    Ok(())
+}

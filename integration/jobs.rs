@@ -192,3 +192,83 @@ fn copairs_match_an_independent_computation() {
         .collect();
     assert_eq!(got, want);
 }
+
+#[test]
+fn semantic_ids_recover_clusters_and_match_the_stored_codebooks() {
+    use sailstream::schema::ItemEmbedding;
+    use sailstream::store::Store;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store")).unwrap();
+    // Three tight, well separated clusters in 8 dims.
+    let centres = [[4.0f32, 0.0], [0.0, 4.0], [-4.0, -4.0]];
+    let mut b = store.batch();
+    let mut cluster_of = BTreeMap::new();
+    for i in 0..90usize {
+        let c = i % 3;
+        let jitter = |k: usize| ((i * 31 + k * 17) % 11) as f32 / 50.0 - 0.1;
+        let mut v = vec![centres[c][0] + jitter(0), centres[c][1] + jitter(1)];
+        v.extend((2..8).map(jitter));
+        let id = format!("item{i:03}");
+        cluster_of.insert(id.clone(), c);
+        b.put_item_embedding(&ItemEmbedding {
+            item_id: id,
+            model: "m".into(),
+            model_version: "1".into(),
+            item_version: 1,
+            vector: v,
+            semantic_ids: vec![],
+            ts: T0,
+        })
+        .unwrap();
+    }
+    b.commit().unwrap();
+    let mut config = sailstream::Config::default();
+    config.jobs.semantic_id_codebooks = vec![3, 4];
+    let report = sailstream::jobs::semantic_ids::run(&store, &config).unwrap();
+    assert_eq!((report.items, report.levels.clone()), (90, vec![3, 4]));
+    assert!(report.residual_mse[1] <= report.residual_mse[0]);
+
+    let books = store.codebooks().unwrap().unwrap();
+    let mut first_level_of_cluster: BTreeMap<usize, u32> = BTreeMap::new();
+    let mut codes_before = Vec::new();
+    store
+        .for_each_item_embedding(|e| {
+            let (version, codes) = store.semantic_ids(&e.item_id).unwrap().unwrap();
+            assert_eq!(version, "1");
+            // Independent assignment: nearest centroid per level on the running residual.
+            let mut r = e.vector.clone();
+            for (level, code) in books.levels.iter().zip(&codes) {
+                let d = |c: &Vec<f32>| r.iter().zip(c).map(|(x, y)| (x - y) * (x - y)).sum::<f32>();
+                let best = (0..level.len())
+                    .min_by(|&a, &b| d(&level[a]).total_cmp(&d(&level[b])))
+                    .unwrap();
+                assert_eq!(best as u32, *code, "{}", e.item_id);
+                r.iter_mut().zip(&level[best]).for_each(|(x, y)| *x -= y);
+            }
+            // Level 1 is exactly the cluster.
+            let c = cluster_of[&e.item_id];
+            let code = *first_level_of_cluster.entry(c).or_insert(codes[0]);
+            assert_eq!(code, codes[0], "{} in cluster {c}", e.item_id);
+            codes_before.push(codes);
+            Ok(true)
+        })
+        .unwrap();
+    assert_eq!(
+        first_level_of_cluster
+            .values()
+            .collect::<BTreeSet<_>>()
+            .len(),
+        3
+    );
+    // Same seed, same codes.
+    sailstream::jobs::semantic_ids::run(&store, &config).unwrap();
+    let mut codes_after = Vec::new();
+    store
+        .for_each_item_embedding(|e| {
+            codes_after.push(store.semantic_ids(&e.item_id).unwrap().unwrap().1);
+            Ok(true)
+        })
+        .unwrap();
+    assert_eq!(codes_before, codes_after);
+}

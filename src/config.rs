@@ -44,6 +44,9 @@ pub struct JobsConfig {
     pub output_dir: PathBuf,
     pub copairs_window_ms: u64,
     pub copairs_min_support: u64,
+    pub semantic_id_codebooks: Vec<usize>,
+    pub semantic_id_iterations: usize,
+    pub semantic_id_seed: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -340,6 +343,26 @@ impl Config {
             self.jobs.copairs_min_support,
             1,
             1_000_000,
+        )?;
+        if self.jobs.semantic_id_codebooks.is_empty() || self.jobs.semantic_id_codebooks.len() > 8 {
+            return Err(Error::config(
+                "jobs.semantic_id_codebooks",
+                "give 1 to 8 levels, e.g. [256, 256, 256]",
+            ));
+        }
+        for (i, &k) in self.jobs.semantic_id_codebooks.iter().enumerate() {
+            range(
+                &format!("jobs.semantic_id_codebooks[{i}]"),
+                size(k),
+                1,
+                65_536,
+            )?;
+        }
+        range(
+            "jobs.semantic_id_iterations",
+            size(self.jobs.semantic_id_iterations),
+            1,
+            1_000,
         )?;
         range("embed.batch_size", size(self.embed.batch_size), 1, 4096)?;
         range("embed.max_wait_ms", self.embed.max_wait_ms, 0, 600_000)?;

@@ -241,10 +241,23 @@ fn nearest_items(store: &Store, item_id: &str, k: usize) -> Result<Vec<(String, 
 }
 
 /// The jobs `sailstream job run` knows, in the order a backfill runs them.
-pub const JOBS: [&str; 1] = ["copairs"];
+pub const JOBS: [&str; 2] = ["copairs", "semantic_ids"];
 
 pub async fn job_run(config: &Config, name: &str) -> Result<()> {
     let started = Instant::now();
+    if name == "semantic_ids" {
+        let store = Store::open(&config.store.path)?;
+        let r = sailstream::jobs::semantic_ids::run(&store, config)?;
+        let mse: Vec<String> = r.residual_mse.iter().map(|m| format!("{m:.4}")).collect();
+        eprintln!(
+            "job semantic_ids: codebooks {:?} trained on {} items in {:.2}s; residual MSE per level [{}]",
+            r.levels,
+            r.items,
+            started.elapsed().as_secs_f64(),
+            mse.join(", ")
+        );
+        return Ok(());
+    }
     let ctx = sailstream::jobs::JobContext::over_log(config).await?;
     let report = match name {
         "copairs" => sailstream::jobs::copairs::run(&ctx, config).await?,
@@ -507,6 +520,9 @@ pub fn store_item(config: &Config, item_id: &str) -> Result<()> {
             e.vector.len(),
             head.join(", ")
         );
+    }
+    if let Some((version, codes)) = store.semantic_ids(item_id)? {
+        println!("semantic ids: {codes:?} (model version {version})");
     }
     if let Some(s) = store.item_stats(item_id)? {
         println!(

@@ -102,6 +102,9 @@ impl EmbedStage {
         let mut batch = self.store.batch();
         for e in &computed.embeddings {
             batch.put_item_embedding(e)?;
+            if !e.semantic_ids.is_empty() {
+                batch.put_semantic_ids(&e.item_id, &e.model_version, &e.semantic_ids)?;
+            }
         }
         for (id, version) in &computed.answered {
             batch.delete_embed_pending(id, *version)?;
@@ -234,6 +237,11 @@ impl EmbedStage {
         let mut report = EmbedReport::default();
         let results = self.embedder.embed(items)?;
         let model = self.embedder.manifest().model.clone();
+        // New items get semantic IDs from the trained codebooks, when those belong to this model version.
+        let codebooks = self
+            .store
+            .codebooks()?
+            .filter(|c| c.model == model.name && c.model_version == model.version);
         let now = now_ms();
         let mut written = Vec::new();
         for (item, result) in items.iter().zip(results) {
@@ -245,8 +253,11 @@ impl EmbedStage {
                         model: model.name.clone(),
                         model_version: model.version.clone(),
                         item_version: item.version,
+                        semantic_ids: codebooks
+                            .as_ref()
+                            .map(|c| crate::jobs::semantic_ids::assign(c, &e.vector))
+                            .unwrap_or_default(),
                         vector: e.vector,
-                        semantic_ids: Vec::new(),
                         ts: now,
                     });
                     report.embedded += 1;

@@ -15,12 +15,14 @@
 //! | `user_positives` | 01 · user_id                               | 01 · [`HistoryEntry`] list, oldest first      |
 //! | `id_embeddings`  | 01 · item_id · 00 · space                  | 01 · version u64 · ts i64 · dim u32 · f32 × dim |
 //! | `item_embeddings`| 01 · item_id                               | 01 · model str · model_version str · item_version u64 · ts i64 · dim u32 · f32 × dim (str = u32 len · bytes) |
+//! | `semantic_ids`   | 01 · item_id                               | 01 · model_version str · n u32 · code u32 × n (coarse to fine) |
+//! | `semantic_ids`   | 00 · "codebooks" (one key)                 | 01 · model str · model_version str · levels u32 · per level: k u32 · dim u32 · f32 × k·dim |
 //! | `embed_pending`  | 01 · item_id · 00 · item_version u64 BE     | 01 (an item version waiting for the embed stage) |
 //! | `log_pending`    | 01 · sequence u64 BE                       | 01 · [`LogRow`]                               |
 //! | `job_state`      | ascii name                                 | 01 · u64 LE (counters)                        |
 //!
 //! Ids are printable ASCII (no 0x00), so 0x00 is a safe separator. The per-concern families reserved for
-//! later stages (`user_interests`, `teacher_targets`, `semantic_ids`, `job_state`) follow
+//! later stages (`user_interests`, `teacher_targets`, `job_state`) follow
 //! the same version-byte rule.
 
 use crate::error::{Error, Result};
@@ -286,6 +288,77 @@ pub fn decode_embed_pending_key(key: &[u8]) -> Result<(&str, u64)> {
     Ok((id, version))
 }
 
+/// The one `semantic_ids` key that is not an item: 0x00 cannot start an id key (those start with 0x01).
+pub const CODEBOOKS_KEY: &[u8] = b"\x00codebooks";
+
+/// Residual k-means codebooks: per level, k centroids of one dimension.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Codebooks {
+    pub model: String,
+    pub model_version: String,
+    pub levels: Vec<Vec<Vec<f32>>>,
+}
+
+pub fn encode_codes(model_version: &str, codes: &[u32]) -> Vec<u8> {
+    let mut v = vec![VALUE_V1];
+    put_str(&mut v, model_version);
+    v.extend_from_slice(&(codes.len() as u32).to_le_bytes());
+    for c in codes {
+        v.extend_from_slice(&c.to_le_bytes());
+    }
+    v
+}
+
+/// (model_version, codes) of one item.
+pub fn decode_codes(value: &[u8]) -> Result<(String, Vec<u32>)> {
+    let mut r = Reader(versioned(value, "semantic ids")?);
+    let version = r.string()?;
+    let n = r.u32()? as usize;
+    let codes = (0..n).map(|_| r.u32()).collect::<Result<_>>()?;
+    Ok((version, codes))
+}
+
+pub fn encode_codebooks(c: &Codebooks) -> Vec<u8> {
+    let mut v = vec![VALUE_V1];
+    put_str(&mut v, &c.model);
+    put_str(&mut v, &c.model_version);
+    v.extend_from_slice(&(c.levels.len() as u32).to_le_bytes());
+    for level in &c.levels {
+        let dim = level.first().map_or(0, Vec::len);
+        v.extend_from_slice(&(level.len() as u32).to_le_bytes());
+        v.extend_from_slice(&(dim as u32).to_le_bytes());
+        for centroid in level {
+            for x in centroid {
+                v.extend_from_slice(&x.to_le_bytes());
+            }
+        }
+    }
+    v
+}
+
+pub fn decode_codebooks(value: &[u8]) -> Result<Codebooks> {
+    let mut r = Reader(versioned(value, "codebooks")?);
+    let model = r.string()?;
+    let model_version = r.string()?;
+    let n = r.u32()? as usize;
+    let mut levels = Vec::with_capacity(n.min(64));
+    for _ in 0..n {
+        let k = r.u32()? as usize;
+        let dim = r.u32()? as usize;
+        let raw = r.bytes(k * dim * 4)?;
+        let flat: Vec<f32> = raw
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect();
+        levels.push(flat.chunks(dim.max(1)).map(<[f32]>::to_vec).collect());
+    }
+    Ok(Codebooks {
+        model,
+        model_version,
+        levels,
+    })
+}
+
 fn put_str(v: &mut Vec<u8>, s: &str) {
     v.extend_from_slice(&(s.len() as u32).to_le_bytes());
     v.extend_from_slice(s.as_bytes());
@@ -462,6 +535,20 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn codebooks_and_codes_round_trip() {
+        let c = Codebooks {
+            model: "m".into(),
+            model_version: "1".into(),
+            levels: vec![vec![vec![1.0, 2.0], vec![3.0, 4.0]], vec![vec![0.5, 0.5]]],
+        };
+        assert_eq!(decode_codebooks(&encode_codebooks(&c)).unwrap(), c);
+        assert_eq!(
+            decode_codes(&encode_codes("1", &[3, 0, 7])).unwrap(),
+            ("1".to_string(), vec![3, 0, 7])
+        );
+    }
 
     #[test]
     fn item_embedding_and_pending_keys_round_trip() {

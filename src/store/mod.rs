@@ -13,7 +13,7 @@ use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch};
 
 use crate::error::{Error, Result};
 use crate::schema::{IdEmbedding, Item, ItemEmbedding};
-pub use codec::{HistoryEntry, ItemStats, LogRow};
+pub use codec::{Codebooks, HistoryEntry, ItemStats, LogRow};
 
 /// On-disk format this build writes. Bumped when a layout changes incompatibly.
 pub const FORMAT_VERSION: u32 = 1;
@@ -303,6 +303,20 @@ impl Store {
             .transpose()
     }
 
+    /// The stored semantic-ID codebooks, if a job trained them.
+    pub fn codebooks(&self) -> Result<Option<Codebooks>> {
+        self.get(cf::SEMANTIC_IDS, codec::CODEBOOKS_KEY)?
+            .map(|v| codec::decode_codebooks(&v))
+            .transpose()
+    }
+
+    /// (model_version, code path) of an item.
+    pub fn semantic_ids(&self, item_id: &str) -> Result<Option<(String, Vec<u32>)>> {
+        self.get(cf::SEMANTIC_IDS, &codec::id_key(item_id))?
+            .map(|v| codec::decode_codes(&v))
+            .transpose()
+    }
+
     /// Calls `visit` with every stored item embedding, in item-id order, until it returns false.
     pub fn for_each_item_embedding(
         &self,
@@ -582,6 +596,27 @@ impl StateBatch<'_> {
         self.batch
             .delete_cf(handle, codec::embed_pending_key(item_id, item_version));
         Ok(())
+    }
+
+    pub fn put_codebooks(&mut self, c: &Codebooks) -> Result<()> {
+        self.put(
+            cf::SEMANTIC_IDS,
+            codec::CODEBOOKS_KEY,
+            &codec::encode_codebooks(c),
+        )
+    }
+
+    pub fn put_semantic_ids(
+        &mut self,
+        item_id: &str,
+        model_version: &str,
+        codes: &[u32],
+    ) -> Result<()> {
+        self.put(
+            cf::SEMANTIC_IDS,
+            &codec::id_key(item_id),
+            &codec::encode_codes(model_version, codes),
+        )
     }
 
     pub fn put_item_embedding(&mut self, e: &ItemEmbedding) -> Result<()> {
