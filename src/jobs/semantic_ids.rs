@@ -10,6 +10,9 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::store::{Codebooks, Store};
 
+/// (model name, model version) of a set of embeddings.
+type ModelKey = (String, String);
+
 /// What a training run produced.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SemanticIdReport {
@@ -22,7 +25,7 @@ pub struct SemanticIdReport {
 /// Trains codebooks on every stored embedding of the most common model version, stores them and every item's
 /// code path in one batch.
 pub fn run(store: &Store, config: &Config) -> Result<SemanticIdReport> {
-    let mut by_model: std::collections::BTreeMap<(String, String), Vec<(String, Vec<f32>)>> =
+    let mut by_model: std::collections::BTreeMap<ModelKey, Vec<(String, Vec<f32>)>> =
         Default::default();
     store.for_each_item_embedding(|e| {
         by_model
