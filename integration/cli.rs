@@ -225,4 +225,8 @@ fn doctor_finds_the_installed_parts() {
         stdout.contains("ok    onnx runtime") && stdout.contains("1.31.1"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("ok    embedding model: sail-lite 0.1.0 (896 dims) on cpu"),
+        "{stdout}"
+    );
 }

@@ -583,6 +583,22 @@ pub fn doctor(config: &Config) -> Result<()> {
             })
             .map_err(|e| e.to_string()),
     );
+    check(
+        "embedding model",
+        Embedder::load(config)
+            .map(|e| {
+                let m = e.manifest();
+                format!(
+                    "{} {} ({} dims) on {}, manifest matches {}",
+                    m.model.name,
+                    m.model.version,
+                    m.output.dim,
+                    e.device(),
+                    e.dir().join(&m.model.file).display()
+                )
+            })
+            .map_err(|e| e.to_string()),
+    );
     let tansu = std::env::var_os("SAILSTREAM_TANSU")
         .map(PathBuf::from)
         .unwrap_or_else(sailstream_default_tansu);
