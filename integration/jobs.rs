@@ -272,3 +272,114 @@ fn semantic_ids_recover_clusters_and_match_the_stored_codebooks() {
         .unwrap();
     assert_eq!(codes_before, codes_after);
 }
+
+#[test]
+fn user_interests_match_an_independent_computation() {
+    use sailstream::schema::{Action, ItemEmbedding};
+    use sailstream::store::{HistoryEntry, Store};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store")).unwrap();
+    // Two interest groups: "a" items near axis 0, "b" items near axis 1.
+    let vecs: Vec<(&str, [f32; 4])> = vec![
+        ("a1", [1.0, 0.1, 0.0, 0.0]),
+        ("a2", [0.9, 0.0, 0.2, 0.0]),
+        ("a3", [1.0, 0.0, 0.0, 0.3]),
+        ("b1", [0.0, 1.0, 0.1, 0.0]),
+        ("b2", [0.1, 0.8, 0.0, 0.0]),
+    ];
+    let mut b = store.batch();
+    for (id, v) in &vecs {
+        b.put_item_embedding(&ItemEmbedding {
+            item_id: id.to_string(),
+            model: "m".into(),
+            model_version: "7".into(),
+            item_version: 1,
+            vector: v.to_vec(),
+            semantic_ids: vec![],
+            ts: T0,
+        })
+        .unwrap();
+    }
+    let pos = |item: &str, ts: i64| HistoryEntry {
+        item_id: item.into(),
+        action: Action::Like,
+        ts,
+        dwell_ms: 0,
+        rating: None,
+    };
+    // Older "a" interests (a1 twice), newer "b" ones, and an item without an embedding (ignored).
+    let history = vec![
+        pos("a1", T0),
+        pos("a2", T0 + DAY),
+        pos("a3", T0 + 2 * DAY),
+        pos("a1", T0 + 3 * DAY),
+        pos("zz", T0 + 4 * DAY),
+        pos("b1", T0 + 20 * DAY),
+        pos("b2", T0 + 21 * DAY),
+    ];
+    b.put_user_positives("u1", &history).unwrap();
+    b.put_user_positives("u2", &[pos("zz", T0)]).unwrap();
+    b.commit().unwrap();
+
+    let mut config = sailstream::Config::default();
+    config.jobs.interests_max_clusters = 2;
+    config.jobs.interests_half_life_days = 7.0;
+    let (users, written) = sailstream::jobs::interests::run(&store, &config).unwrap();
+    assert_eq!((users, written), (2, 1));
+    assert!(store.user_interests("u2").unwrap().is_none());
+    let got = store.user_interests("u1").unwrap().unwrap();
+
+    // Reference: weight 0.5^(age / 7 days) from the newest positive (b2), summed per item.
+    let newest = T0 + 21 * DAY;
+    let mut w: BTreeMap<&str, f64> = BTreeMap::new();
+    for e in history.iter().filter(|e| e.item_id != "zz") {
+        *w.entry(vecs.iter().find(|(id, _)| *id == e.item_id).unwrap().0)
+            .or_default() += 0.5f64.powf((newest - e.ts) as f64 / (7.0 * DAY as f64));
+    }
+    let vec_of = |id: &str| vecs.iter().find(|(i, _)| *i == id).unwrap().1;
+    let wmean = |ids: &[&str]| {
+        let mut m = [0f64; 4];
+        for id in ids {
+            for (k, x) in vec_of(id).iter().enumerate() {
+                m[k] += w[id] * f64::from(*x);
+            }
+        }
+        let n = m.iter().map(|x| x * x).sum::<f64>().sqrt();
+        m.map(|x| (x / n) as f32)
+    };
+    let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5);
+    assert!(
+        close(&got.mean, &wmean(&["a1", "a2", "a3", "b1", "b2"])),
+        "{:?}",
+        got.mean
+    );
+    assert_eq!(
+        (got.ts, got.positives_used, got.model_version.as_str()),
+        (newest, 6, "7")
+    );
+    assert_eq!(got.clusters.len(), 2);
+    let total: f64 = w.values().sum();
+    // The recent "b" interest outweighs the older, larger "a" one.
+    let (b_cluster, a_cluster) = (&got.clusters[0], &got.clusters[1]);
+    assert_eq!((b_cluster.size, a_cluster.size), (2, 3));
+    assert!(((w["b1"] + w["b2"]) / total - f64::from(b_cluster.weight)).abs() < 1e-5);
+    assert!(close(&b_cluster.centroid, &wmean(&["b1", "b2"])));
+    assert!(close(&a_cluster.centroid, &wmean(&["a1", "a2", "a3"])));
+    let medoid = |ids: &[&str], c: &[f32]| {
+        let cos = |v: [f32; 4]| {
+            let d: f32 = v.iter().zip(c).map(|(x, y)| x * y).sum();
+            d / v.iter().map(|x| x * x).sum::<f32>().sqrt()
+        };
+        ids.iter()
+            .copied()
+            .max_by(|a, b| cos(vec_of(a)).total_cmp(&cos(vec_of(b))))
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        a_cluster.medoid,
+        medoid(&["a1", "a2", "a3"], &a_cluster.centroid)
+    );
+    assert_eq!(b_cluster.medoid, medoid(&["b1", "b2"], &b_cluster.centroid));
+}

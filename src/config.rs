@@ -47,6 +47,8 @@ pub struct JobsConfig {
     pub semantic_id_codebooks: Vec<usize>,
     pub semantic_id_iterations: usize,
     pub semantic_id_seed: u64,
+    pub interests_max_clusters: usize,
+    pub interests_half_life_days: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -364,6 +366,20 @@ impl Config {
             1,
             1_000,
         )?;
+        range(
+            "jobs.interests_max_clusters",
+            size(self.jobs.interests_max_clusters),
+            1,
+            64,
+        )?;
+        if !(self.jobs.interests_half_life_days > 0.0
+            && self.jobs.interests_half_life_days <= 3650.0)
+        {
+            return Err(Error::config(
+                "jobs.interests_half_life_days",
+                "must be in (0, 3650]",
+            ));
+        }
         range("embed.batch_size", size(self.embed.batch_size), 1, 4096)?;
         range("embed.max_wait_ms", self.embed.max_wait_ms, 0, 600_000)?;
         range(

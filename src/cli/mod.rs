@@ -241,10 +241,19 @@ fn nearest_items(store: &Store, item_id: &str, k: usize) -> Result<Vec<(String, 
 }
 
 /// The jobs `sailstream job run` knows, in the order a backfill runs them.
-pub const JOBS: [&str; 2] = ["copairs", "semantic_ids"];
+pub const JOBS: [&str; 3] = ["copairs", "semantic_ids", "interests"];
 
 pub async fn job_run(config: &Config, name: &str) -> Result<()> {
     let started = Instant::now();
+    if name == "interests" {
+        let store = Store::open(&config.store.path)?;
+        let (users, written) = sailstream::jobs::interests::run(&store, config)?;
+        eprintln!(
+            "job interests: {written} of {users} users have interests (the others have no embedded positives) in {:.2}s",
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
     if name == "semantic_ids" {
         let store = Store::open(&config.store.path)?;
         let r = sailstream::jobs::semantic_ids::run(&store, config)?;
@@ -558,6 +567,21 @@ pub fn store_user(config: &Config, user_id: &str) -> Result<()> {
             " "
         };
         println!(" {mark} {}", history_line(e));
+    }
+    if let Some(i) = store.user_interests(user_id)? {
+        println!(
+            "interests (model version {}, {} positives up to ts {}): {} clusters",
+            i.model_version,
+            i.positives_used,
+            i.ts,
+            i.clusters.len()
+        );
+        for c in &i.clusters {
+            println!(
+                "  weight {:.3}  {} items  medoid {}",
+                c.weight, c.size, c.medoid
+            );
+        }
     }
     Ok(())
 }

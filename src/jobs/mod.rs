@@ -7,6 +7,7 @@
 //! replaced atomically (written beside it, then renamed).
 
 pub mod copairs;
+pub mod interests;
 pub mod semantic_ids;
 
 use std::path::{Path, PathBuf};

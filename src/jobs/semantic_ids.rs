@@ -126,7 +126,12 @@ pub fn nearest(centroids: &[Vec<f32>], v: &[f32]) -> usize {
     best.0
 }
 
-fn kmeans(points: &[Vec<f32>], k: usize, iterations: usize, rng: &mut SplitMix) -> Vec<Vec<f32>> {
+pub(crate) fn kmeans(
+    points: &[Vec<f32>],
+    k: usize,
+    iterations: usize,
+    rng: &mut SplitMix,
+) -> Vec<Vec<f32>> {
     if points.is_empty() || k == 0 {
         return Vec::new();
     }
@@ -182,7 +187,7 @@ fn kmeans(points: &[Vec<f32>], k: usize, iterations: usize, rng: &mut SplitMix) 
 }
 
 /// splitmix64: a small, well-mixed deterministic stream (no dependency, same codes on every machine).
-struct SplitMix(u64);
+pub(crate) struct SplitMix(pub(crate) u64);
 
 impl SplitMix {
     fn next(&mut self) -> u64 {

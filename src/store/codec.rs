@@ -17,12 +17,13 @@
 //! | `item_embeddings`| 01 · item_id                               | 01 · model str · model_version str · item_version u64 · ts i64 · dim u32 · f32 × dim (str = u32 len · bytes) |
 //! | `semantic_ids`   | 01 · item_id                               | 01 · model_version str · n u32 · code u32 × n (coarse to fine) |
 //! | `semantic_ids`   | 00 · "codebooks" (one key)                 | 01 · model str · model_version str · levels u32 · per level: k u32 · dim u32 · f32 × k·dim |
+//! | `user_interests` | 01 · user_id                               | 01 · model_version str · ts i64 · used u32 · dim u32 · mean f32 × dim · k u32 · k × (weight f32 · size u32 · medoid str · centroid f32 × dim) |
 //! | `embed_pending`  | 01 · item_id · 00 · item_version u64 BE     | 01 (an item version waiting for the embed stage) |
 //! | `log_pending`    | 01 · sequence u64 BE                       | 01 · [`LogRow`]                               |
 //! | `job_state`      | ascii name                                 | 01 · u64 LE (counters)                        |
 //!
 //! Ids are printable ASCII (no 0x00), so 0x00 is a safe separator. The per-concern families reserved for
-//! later stages (`user_interests`, `teacher_targets`, `job_state`) follow
+//! later stages (`teacher_targets`, `job_state`) follow
 //! the same version-byte rule.
 
 use crate::error::{Error, Result};
@@ -286,6 +287,86 @@ pub fn decode_embed_pending_key(key: &[u8]) -> Result<(&str, u64)> {
     let version = u64::from_be_bytes(tail[1..].try_into().expect("8 bytes"));
     let id = std::str::from_utf8(id).map_err(|_| corrupt("embed pending key id"))?;
     Ok((id, version))
+}
+
+/// One interest cluster of a user: normalised centroid, the history item nearest to it, its share of the
+/// user's recency weight, and how many distinct items it holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InterestCluster {
+    pub centroid: Vec<f32>,
+    pub medoid: String,
+    pub weight: f32,
+    pub size: u32,
+}
+
+/// A user's interests: recency-weighted mean of the positive items' vectors and the interest clusters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserInterests {
+    pub model_version: String,
+    /// The newest positive the interests account for (ms).
+    pub ts: i64,
+    pub positives_used: u32,
+    pub mean: Vec<f32>,
+    pub clusters: Vec<InterestCluster>,
+}
+
+fn put_f32s(v: &mut Vec<u8>, xs: &[f32]) {
+    for x in xs {
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+}
+
+pub fn encode_interests(u: &UserInterests) -> Vec<u8> {
+    let mut v = vec![VALUE_V1];
+    put_str(&mut v, &u.model_version);
+    v.extend_from_slice(&u.ts.to_le_bytes());
+    v.extend_from_slice(&u.positives_used.to_le_bytes());
+    v.extend_from_slice(&(u.mean.len() as u32).to_le_bytes());
+    put_f32s(&mut v, &u.mean);
+    v.extend_from_slice(&(u.clusters.len() as u32).to_le_bytes());
+    for c in &u.clusters {
+        v.extend_from_slice(&c.weight.to_le_bytes());
+        v.extend_from_slice(&c.size.to_le_bytes());
+        put_str(&mut v, &c.medoid);
+        put_f32s(&mut v, &c.centroid);
+    }
+    v
+}
+
+pub fn decode_interests(value: &[u8]) -> Result<UserInterests> {
+    let mut r = Reader(versioned(value, "user interests")?);
+    let model_version = r.string()?;
+    let ts = i64::from_le_bytes(r.take()?);
+    let positives_used = r.u32()?;
+    let dim = r.u32()? as usize;
+    let f32s = |r: &mut Reader<'_>| -> Result<Vec<f32>> {
+        Ok(r.bytes(dim * 4)?
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect())
+    };
+    let mean = f32s(&mut r)?;
+    let k = r.u32()? as usize;
+    let mut clusters = Vec::with_capacity(k.min(1024));
+    for _ in 0..k {
+        let weight = f32::from_le_bytes(r.take()?);
+        let size = r.u32()?;
+        let medoid = r.string()?;
+        let centroid = f32s(&mut r)?;
+        clusters.push(InterestCluster {
+            centroid,
+            medoid,
+            weight,
+            size,
+        });
+    }
+    Ok(UserInterests {
+        model_version,
+        ts,
+        positives_used,
+        mean,
+        clusters,
+    })
 }
 
 /// The one `semantic_ids` key that is not an item: 0x00 cannot start an id key (those start with 0x01).

@@ -13,7 +13,7 @@ use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch};
 
 use crate::error::{Error, Result};
 use crate::schema::{IdEmbedding, Item, ItemEmbedding};
-pub use codec::{Codebooks, HistoryEntry, ItemStats, LogRow};
+pub use codec::{Codebooks, HistoryEntry, InterestCluster, ItemStats, LogRow, UserInterests};
 
 /// On-disk format this build writes. Bumped when a layout changes incompatibly.
 pub const FORMAT_VERSION: u32 = 1;
@@ -300,6 +300,12 @@ impl Store {
     pub fn item_embedding(&self, item_id: &str) -> Result<Option<ItemEmbedding>> {
         self.get(cf::ITEM_EMBEDDINGS, &codec::id_key(item_id))?
             .map(|v| codec::decode_item_embedding(item_id, &v))
+            .transpose()
+    }
+
+    pub fn user_interests(&self, user_id: &str) -> Result<Option<UserInterests>> {
+        self.get(cf::USER_INTERESTS, &codec::id_key(user_id))?
+            .map(|v| codec::decode_interests(&v))
             .transpose()
     }
 
@@ -596,6 +602,14 @@ impl StateBatch<'_> {
         self.batch
             .delete_cf(handle, codec::embed_pending_key(item_id, item_version));
         Ok(())
+    }
+
+    pub fn put_user_interests(&mut self, user_id: &str, u: &UserInterests) -> Result<()> {
+        self.put(
+            cf::USER_INTERESTS,
+            &codec::id_key(user_id),
+            &codec::encode_interests(u),
+        )
     }
 
     pub fn put_codebooks(&mut self, c: &Codebooks) -> Result<()> {
