@@ -271,27 +271,11 @@ fn log_positions(dir: &Path) -> Vec<(String, i32, i64)> {
 }
 
 async fn read_dlq(broker: &Broker, at_least: usize) -> Vec<DeadLetter> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .set("group.id", format!("dlq-check-{}", free_port()))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&["sail.dlq"]).unwrap();
-    let mut out = Vec::new();
-    loop {
-        let timeout = if out.len() >= at_least {
-            Duration::from_secs(3)
-        } else {
-            Duration::from_secs(30)
-        };
-        match tokio::time::timeout(timeout, consumer.recv()).await {
-            Ok(Ok(msg)) => out.push(serde_json::from_slice(msg.payload().unwrap()).unwrap()),
-            Ok(Err(e)) => panic!("reading sail.dlq: {e}"),
-            Err(_) => break,
-        }
-    }
-    out
+    read_topic(broker, "sail.dlq", at_least)
+        .await
+        .into_iter()
+        .map(|(_, payload)| serde_json::from_slice(&payload).unwrap())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -577,7 +561,8 @@ async fn broker_stopped_and_restarted_mid_stream_loses_nothing() {
     assert_eq!(positions.iter().collect::<HashSet<_>>().len(), 30_000);
 }
 
-/// Reads a topic from the start until `at_least` messages arrived and it stays quiet for 3 s.
+/// Reads a topic from the start until `at_least` messages arrived and it stays quiet for 3 s: (key, payload),
+/// the key empty when the record has none.
 async fn read_topic(broker: &Broker, topic: &str, at_least: usize) -> Vec<(String, Vec<u8>)> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", broker.bootstrap())
@@ -595,7 +580,7 @@ async fn read_topic(broker: &Broker, topic: &str, at_least: usize) -> Vec<(Strin
         };
         match tokio::time::timeout(timeout, consumer.recv()).await {
             Ok(Ok(msg)) => out.push((
-                String::from_utf8(msg.key().unwrap().to_vec()).unwrap(),
+                String::from_utf8(msg.key().unwrap_or_default().to_vec()).unwrap(),
                 msg.payload().unwrap().to_vec(),
             )),
             Ok(Err(e)) => panic!("reading {topic}: {e}"),
@@ -805,11 +790,6 @@ async fn worker_embeds_stores_and_publishes_items_even_across_a_sigkill() {
 
 fn embedded_count(store: &Path) -> u64 {
     Store::open_read_only(store)
-        .and_then(|s| s.key_counts())
-        .map(|c| {
-            c.iter()
-                .find(|(n, _)| *n == "item_embeddings")
-                .map_or(0, |c| c.1)
-        })
+        .and_then(|s| s.key_count(sailstream::store::cf::ITEM_EMBEDDINGS))
         .unwrap_or(0)
 }

@@ -156,11 +156,8 @@ fn embed_with(config: &Config, store: Arc<Store>, backfill: bool) -> Result<Embe
     let model = embedder.manifest().model.clone();
     let device = embedder.device();
     let mut stage = EmbedStage::new(embedder, store.clone());
-    let total_items = store
-        .key_counts()?
-        .iter()
-        .find(|(n, _)| *n == cf::ITEMS)
-        .map_or(0, |c| c.1);
+    // Only the items family is counted: the others (item_users, log_pending, ...) can be far larger.
+    let total_items = store.key_count(cf::ITEMS)?;
     let started = Instant::now();
     let bar = ProgressBar::new(total_items);
     bar.set_style(
@@ -342,11 +339,7 @@ fn print_store(store: &Store, config: &Config) -> Result<()> {
         }
     }
     let ids = store.ids(cf::ITEMS, 5)?;
-    let total_items = store
-        .key_counts()?
-        .iter()
-        .find(|(n, _)| *n == cf::ITEMS)
-        .map_or(0, |c| c.1);
+    let total_items = store.key_count(cf::ITEMS)?;
     println!("\nItems (first {} of {total_items}):", ids.len());
     for id in ids {
         if let Some(item) = store.item(&id)? {

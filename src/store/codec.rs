@@ -247,9 +247,7 @@ pub fn encode_id_embedding(e: &IdEmbedding) -> Vec<u8> {
     v.extend_from_slice(&e.version.to_le_bytes());
     v.extend_from_slice(&e.ts.to_le_bytes());
     v.extend_from_slice(&(e.vector.len() as u32).to_le_bytes());
-    for x in &e.vector {
-        v.extend_from_slice(&x.to_le_bytes());
-    }
+    put_f32s(&mut v, &e.vector);
     v
 }
 
@@ -259,11 +257,7 @@ pub fn decode_id_embedding(value: &[u8]) -> Result<(u64, i64, Vec<f32>)> {
     let version = u64::from_le_bytes(r.take()?);
     let ts = i64::from_le_bytes(r.take()?);
     let dim = r.u32()? as usize;
-    let raw = r.bytes(dim * 4)?;
-    let vector = raw
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-        .collect();
+    let vector = r.f32s(dim)?;
     Ok((version, ts, vector))
 }
 
@@ -339,20 +333,14 @@ pub fn decode_interests(value: &[u8]) -> Result<UserInterests> {
     let ts = i64::from_le_bytes(r.take()?);
     let positives_used = r.u32()?;
     let dim = r.u32()? as usize;
-    let f32s = |r: &mut Reader<'_>| -> Result<Vec<f32>> {
-        Ok(r.bytes(dim * 4)?
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-            .collect())
-    };
-    let mean = f32s(&mut r)?;
+    let mean = r.f32s(dim)?;
     let k = r.u32()? as usize;
     let mut clusters = Vec::with_capacity(k.min(1024));
     for _ in 0..k {
         let weight = f32::from_le_bytes(r.take()?);
         let size = r.u32()?;
         let medoid = r.string()?;
-        let centroid = f32s(&mut r)?;
+        let centroid = r.f32s(dim)?;
         clusters.push(InterestCluster {
             centroid,
             medoid,
@@ -409,9 +397,7 @@ pub fn encode_codebooks(c: &Codebooks) -> Vec<u8> {
         v.extend_from_slice(&(level.len() as u32).to_le_bytes());
         v.extend_from_slice(&(dim as u32).to_le_bytes());
         for centroid in level {
-            for x in centroid {
-                v.extend_from_slice(&x.to_le_bytes());
-            }
+            put_f32s(&mut v, centroid);
         }
     }
     v
@@ -426,11 +412,7 @@ pub fn decode_codebooks(value: &[u8]) -> Result<Codebooks> {
     for _ in 0..n {
         let k = r.u32()? as usize;
         let dim = r.u32()? as usize;
-        let raw = r.bytes(k * dim * 4)?;
-        let flat: Vec<f32> = raw
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-            .collect();
+        let flat = r.f32s(k * dim)?;
         levels.push(flat.chunks(dim.max(1)).map(<[f32]>::to_vec).collect());
     }
     Ok(Codebooks {
@@ -454,9 +436,7 @@ pub fn encode_item_embedding(e: &ItemEmbedding) -> Vec<u8> {
     v.extend_from_slice(&e.item_version.to_le_bytes());
     v.extend_from_slice(&e.ts.to_le_bytes());
     v.extend_from_slice(&(e.vector.len() as u32).to_le_bytes());
-    for x in &e.vector {
-        v.extend_from_slice(&x.to_le_bytes());
-    }
+    put_f32s(&mut v, &e.vector);
     v
 }
 
@@ -467,11 +447,7 @@ pub fn decode_item_embedding(item_id: &str, value: &[u8]) -> Result<ItemEmbeddin
     let item_version = u64::from_le_bytes(r.take()?);
     let ts = i64::from_le_bytes(r.take()?);
     let dim = r.u32()? as usize;
-    let vector = r
-        .bytes(dim * 4)?
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-        .collect();
+    let vector = r.f32s(dim)?;
     Ok(ItemEmbedding {
         item_id: item_id.to_string(),
         model,
@@ -606,6 +582,14 @@ impl<'a> Reader<'a> {
     }
     fn u32(&mut self) -> Result<u32> {
         Ok(u32::from_le_bytes(self.take()?))
+    }
+    /// `n` little-endian f32s (the layout [`put_f32s`] writes).
+    fn f32s(&mut self, n: usize) -> Result<Vec<f32>> {
+        let raw = self.bytes(n.checked_mul(4).ok_or_else(|| corrupt("vector length"))?)?;
+        Ok(raw
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect())
     }
     fn string(&mut self) -> Result<String> {
         let n = self.u32()? as usize;

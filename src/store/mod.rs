@@ -465,16 +465,20 @@ impl Store {
 
     /// Exact number of keys per column family (a full scan: for reports and tests, not hot paths).
     pub fn key_counts(&self) -> Result<Vec<(&'static str, u64)>> {
-        let mut out = Vec::new();
-        for name in cf::ALL {
-            let mut n = 0u64;
-            for entry in self.db.iterator_cf(self.cf(name)?, IteratorMode::Start) {
-                entry.map_err(|e| Error::rocks(format!("counting {name}"), e))?;
-                n += 1;
-            }
-            out.push((name, n));
+        cf::ALL
+            .iter()
+            .map(|&name| Ok((name, self.key_count(name)?)))
+            .collect()
+    }
+
+    /// Exact number of keys in one column family (a full scan of that family only).
+    pub fn key_count(&self, family: &str) -> Result<u64> {
+        let mut n = 0u64;
+        for entry in self.db.iterator_cf(self.cf(family)?, IteratorMode::Start) {
+            entry.map_err(|e| Error::rocks(format!("counting {family}"), e))?;
+            n += 1;
         }
-        Ok(out)
+        Ok(n)
     }
 
     /// A consistent, openable copy of the store at `dest` (hard links where possible), for backups and replicas.
