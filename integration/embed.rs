@@ -2,9 +2,11 @@
 //! reference the build script computed, cross-modal retrieval on real photos, broken media, manifest checks,
 //! and the store-driven stage (pending versions, model upgrades).
 
+mod harness;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use sailstream::config::Config;
@@ -252,7 +254,7 @@ fn broken_or_unreachable_media_is_left_out_and_counted() {
 #[test]
 fn oversized_media_is_refused_before_decoding() {
     let dir = tempfile::tempdir().unwrap();
-    let model = copy_model(dir.path(), |m| {
+    let model = harness::edited_model(dir.path(), |m| {
         m.replace("max_bytes = 10485760", "max_bytes = 1000")
     });
     let mut e = Embedder::load_from(&model, &Config::default()).unwrap();
@@ -266,22 +268,9 @@ fn oversized_media_is_refused_before_decoding() {
     );
 }
 
-/// A model folder whose manifest is edited by `edit`, pointing at the default model's files.
-fn copy_model(dest: &Path, edit: impl Fn(&str) -> String) -> PathBuf {
-    let src = default_model();
-    let out = dest.join("model");
-    std::fs::create_dir_all(&out).unwrap();
-    for name in ["model.onnx", "tokenizer.json"] {
-        std::os::unix::fs::symlink(src.join(name), out.join(name)).unwrap();
-    }
-    let manifest = std::fs::read_to_string(src.join("manifest.toml")).unwrap();
-    std::fs::write(out.join("manifest.toml"), edit(&manifest)).unwrap();
-    out
-}
-
 fn load_err(edit: impl Fn(&str) -> String) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let model = copy_model(dir.path(), edit);
+    let model = harness::edited_model(dir.path(), edit);
     match Embedder::load_from(&model, &Config::default()) {
         Ok(_) => panic!("the edited manifest was accepted"),
         Err(e) => {
@@ -369,7 +358,7 @@ fn stage_embeds_pending_versions_and_upgrades_models_without_gaps() -> Result<()
     assert_eq!(stage.backfill(|_, _| {})?.embedded, 0);
     // ...while a new model version re-embeds everything, each old vector served until replaced.
     let models = tempfile::tempdir().unwrap();
-    let upgraded = copy_model(models.path(), |m| {
+    let upgraded = harness::edited_model(models.path(), |m| {
         m.replace("version = \"0.1.0\"", "version = \"0.2.0\"")
     });
     let mut stage = EmbedStage::new(

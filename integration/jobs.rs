@@ -1,12 +1,13 @@
 //! DataFusion jobs over the offline log written by the real ingest path, checked against independent
 //! computations in the test.
 
+mod harness;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
 
 use arrow::array::AsArray;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 const DAY: i64 = 86_400_000;
 const T0: i64 = 1_750_000_000_000;
@@ -83,22 +84,6 @@ fn run(c: &mut Command) -> String {
     stderr
 }
 
-fn read_parquet_dir(dir: &Path) -> Vec<arrow::array::RecordBatch> {
-    let mut out = Vec::new();
-    for f in std::fs::read_dir(dir).unwrap() {
-        let path = f.unwrap().path();
-        if path.extension().is_some_and(|x| x == "parquet") {
-            let reader =
-                ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap())
-                    .unwrap()
-                    .build()
-                    .unwrap();
-            out.extend(reader.map(|b| b.unwrap()));
-        }
-    }
-    out
-}
-
 #[test]
 fn copairs_match_an_independent_computation() {
     let dir = tempfile::tempdir().unwrap();
@@ -158,7 +143,7 @@ fn copairs_match_an_independent_computation() {
     );
 
     let mut got: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
-    for batch in read_parquet_dir(&dir.path().join("exports/copairs")) {
+    for batch in harness::read_parquet_dir(&dir.path().join("exports/copairs"), false) {
         let a = batch
             .column_by_name("item_a")
             .unwrap()

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use arrow::array::AsArray;
 use harness::Broker;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -231,39 +230,24 @@ fn log_positions(dir: &Path) -> Vec<(String, i32, i64)> {
         return out;
     };
     for topic in topics {
-        for file in std::fs::read_dir(topic.unwrap().path()).unwrap() {
-            let path = file.unwrap().path();
-            assert_eq!(
-                path.extension().unwrap(),
-                "parquet",
-                "stray file in the log: {}",
-                path.display()
-            );
-            let reader =
-                ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap())
-                    .unwrap()
-                    .build()
-                    .unwrap();
-            for batch in reader {
-                let batch = batch.unwrap();
-                let topic = batch
-                    .column_by_name("topic")
-                    .unwrap()
-                    .as_string::<i32>()
-                    .clone();
-                let part = batch
-                    .column_by_name("partition")
-                    .unwrap()
-                    .as_primitive::<arrow::datatypes::Int32Type>()
-                    .clone();
-                let off = batch
-                    .column_by_name("offset")
-                    .unwrap()
-                    .as_primitive::<arrow::datatypes::Int64Type>()
-                    .clone();
-                for i in 0..batch.num_rows() {
-                    out.push((topic.value(i).to_string(), part.value(i), off.value(i)));
-                }
+        for batch in harness::read_parquet_dir(&topic.unwrap().path(), true) {
+            let topic = batch
+                .column_by_name("topic")
+                .unwrap()
+                .as_string::<i32>()
+                .clone();
+            let part = batch
+                .column_by_name("partition")
+                .unwrap()
+                .as_primitive::<arrow::datatypes::Int32Type>()
+                .clone();
+            let off = batch
+                .column_by_name("offset")
+                .unwrap()
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .clone();
+            for i in 0..batch.num_rows() {
+                out.push((topic.value(i).to_string(), part.value(i), off.value(i)));
             }
         }
     }
@@ -734,17 +718,9 @@ async fn worker_embeds_stores_and_publishes_items_even_across_a_sigkill() {
 
     // A new model version: the restarted worker re-embeds the catalogue in the background, with nothing new
     // arriving, and publishes the new vectors.
-    let upgraded = dir.path().join("sail-lite-0.2.0");
-    std::fs::create_dir_all(&upgraded).unwrap();
-    for name in ["model.onnx", "tokenizer.json"] {
-        std::os::unix::fs::symlink(model.join(name), upgraded.join(name)).unwrap();
-    }
-    let manifest = std::fs::read_to_string(model.join("manifest.toml")).unwrap();
-    std::fs::write(
-        upgraded.join("manifest.toml"),
-        manifest.replace("version = \"0.1.0\"", "version = \"0.2.0\""),
-    )
-    .unwrap();
+    let upgraded = harness::edited_model(&dir.path().join("sail-lite-0.2.0"), |m| {
+        m.replace("version = \"0.1.0\"", "version = \"0.2.0\"")
+    });
     let upgraded_dir = upgraded.to_str().unwrap();
     let mut env2 = env.to_vec();
     env2.push(("SAILSTREAM__EMBED__MODEL_DIR", upgraded_dir));

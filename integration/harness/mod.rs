@@ -208,3 +208,42 @@ pub fn config_for(broker: &Broker, group: &str, store: &Path) -> sailstream::Con
     c.validate().expect("test config valid");
     c
 }
+
+/// Every record batch of the Parquet files directly in `dir`, in file-name order. With `strict`, any other
+/// file in `dir` fails the test (a stray temp file in the offline log would be a bug).
+pub fn read_parquet_dir(dir: &Path, strict: bool) -> Vec<arrow::array::RecordBatch> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|f| f.unwrap().path())
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for path in files {
+        if path.extension().is_none_or(|x| x != "parquet") {
+            assert!(!strict, "stray file: {}", path.display());
+            continue;
+        }
+        let file = std::fs::File::open(&path).unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
+        out.extend(reader.map(|b| b.unwrap()));
+    }
+    out
+}
+
+/// A model folder at `dest/model` with the default sail-lite model's files and its manifest passed through
+/// `edit` (tests of manifest checks and model-version upgrades).
+pub fn edited_model(dest: &Path, edit: impl Fn(&str) -> String) -> PathBuf {
+    let src = sailstream::embed::model_dir(&sailstream::Config::default());
+    let out = dest.join("model");
+    std::fs::create_dir_all(&out).unwrap();
+    for name in ["model.onnx", "tokenizer.json"] {
+        std::os::unix::fs::symlink(src.join(name), out.join(name)).unwrap();
+    }
+    let manifest = std::fs::read_to_string(src.join("manifest.toml"))
+        .unwrap_or_else(|e| panic!("sail-lite manifest ({e}); run scripts/setup.sh"));
+    std::fs::write(out.join("manifest.toml"), edit(&manifest)).unwrap();
+    out
+}
