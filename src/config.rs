@@ -49,6 +49,30 @@ pub struct JobsConfig {
     pub semantic_id_seed: u64,
     pub interests_max_clusters: usize,
     pub interests_half_life_days: f64,
+    pub seq2item_history: usize,
+    pub seq2item_query_len: usize,
+    pub seq2item_min_query: usize,
+    pub seq2item_sliding_targets: bool,
+    pub seq2item_strong_positives: u32,
+    pub seq2item_min_cosine: f32,
+    pub seq2item_label_jaccard: f32,
+    pub seq2item_min_behaviour_jaccard: f32,
+    pub seq2item_collab_space: String,
+    pub seq2item_collab_clusters: usize,
+    pub seq2item_seed: u64,
+    pub id2item_dim: usize,
+    pub id2item_window: usize,
+    pub id2item_negatives: usize,
+    pub id2item_epochs: usize,
+    pub id2item_learning_rate: f32,
+    pub id2item_min_count: u32,
+    pub id2item_seed: u64,
+    pub id2item_neighbours: usize,
+    pub training_temperature: f64,
+    pub training_shard_rows: usize,
+    #[serde(default)]
+    pub training_weights: std::collections::BTreeMap<String, f64>,
+    pub schedule_interval_s: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -380,6 +404,98 @@ impl Config {
                 "must be in (0, 3650]",
             ));
         }
+        let j = &self.jobs;
+        range(
+            "jobs.seq2item_history",
+            size(j.seq2item_history),
+            1,
+            100_000,
+        )?;
+        range(
+            "jobs.seq2item_query_len",
+            size(j.seq2item_query_len),
+            1,
+            1_000,
+        )?;
+        range(
+            "jobs.seq2item_min_query",
+            size(j.seq2item_min_query),
+            1,
+            size(j.seq2item_query_len),
+        )?;
+        range(
+            "jobs.seq2item_strong_positives",
+            u64::from(j.seq2item_strong_positives),
+            1,
+            1_000,
+        )?;
+        for (key, v, lo) in [
+            ("jobs.seq2item_min_cosine", j.seq2item_min_cosine, -1.0),
+            ("jobs.seq2item_label_jaccard", j.seq2item_label_jaccard, 0.0),
+            (
+                "jobs.seq2item_min_behaviour_jaccard",
+                j.seq2item_min_behaviour_jaccard,
+                0.0,
+            ),
+        ] {
+            if !(lo..=1.0).contains(&v) {
+                return Err(Error::config(key, format!("must be in [{lo}, 1], got {v}")));
+            }
+        }
+        range(
+            "jobs.seq2item_collab_clusters",
+            size(j.seq2item_collab_clusters),
+            1,
+            65_536,
+        )?;
+        range("jobs.id2item_dim", size(j.id2item_dim), 2, 1_024)?;
+        range("jobs.id2item_window", size(j.id2item_window), 1, 100)?;
+        range("jobs.id2item_negatives", size(j.id2item_negatives), 1, 100)?;
+        range("jobs.id2item_epochs", size(j.id2item_epochs), 1, 1_000)?;
+        if !(j.id2item_learning_rate > 0.0 && j.id2item_learning_rate <= 1.0) {
+            return Err(Error::config(
+                "jobs.id2item_learning_rate",
+                "must be in (0, 1]",
+            ));
+        }
+        range(
+            "jobs.id2item_min_count",
+            u64::from(j.id2item_min_count),
+            1,
+            1_000_000,
+        )?;
+        range(
+            "jobs.id2item_neighbours",
+            size(j.id2item_neighbours),
+            0,
+            1_000,
+        )?;
+        if !(0.0..=1.0).contains(&j.training_temperature) {
+            return Err(Error::config(
+                "jobs.training_temperature",
+                "must be in [0, 1] (0: equal weights, 1: proportional to rows)",
+            ));
+        }
+        range(
+            "jobs.training_shard_rows",
+            size(j.training_shard_rows),
+            1_000,
+            100_000_000,
+        )?;
+        for (name, w) in &j.training_weights {
+            if !(w.is_finite() && *w >= 0.0) {
+                return Err(Error::config(
+                    format!("jobs.training_weights.{name}"),
+                    format!("must be a finite weight >= 0, got {w}"),
+                ));
+            }
+        }
+        range(
+            "jobs.schedule_interval_s",
+            j.schedule_interval_s,
+            0,
+            30 * 86_400,
+        )?;
         range("embed.batch_size", size(self.embed.batch_size), 1, 4096)?;
         range("embed.max_wait_ms", self.embed.max_wait_ms, 0, 600_000)?;
         range(

@@ -51,6 +51,20 @@ enum Command {
         #[arg(short, default_value_t = 5)]
         k: usize,
     },
+    /// Backfill from history: replay a folder of item and behaviour dumps (JSONL or Parquet), embed every
+    /// item, then run every job in order. Resumable: a rerun over the same files skips finished steps.
+    Backfill {
+        /// Folder with items*.jsonl|parquet, behaviours*.jsonl|parquet and optionally
+        /// id_embeddings*.jsonl|parquet (or sub-folders named items/, behaviours/, id_embeddings/).
+        #[arg(long)]
+        events: PathBuf,
+        /// Redo every step even when a previous run over the same files finished it.
+        #[arg(long)]
+        restart: bool,
+        /// Where dead letters go (JSONL); default: dlq.jsonl beside the store.
+        #[arg(long)]
+        dlq: Option<PathBuf>,
+    },
     /// Batch jobs on DataFusion over the offline log.
     Job {
         #[command(subcommand)]
@@ -72,8 +86,10 @@ enum Command {
 
 #[derive(Subcommand)]
 enum JobCommand {
-    /// Run one job now: copairs (co-consumption pairs).
+    /// Run one job now: copairs, semantic_ids, id2item, seq2item, interests or training (in dependency order).
     Run { name: String },
+    /// Run every job, in dependency order.
+    All,
 }
 
 #[derive(Subcommand)]
@@ -122,9 +138,17 @@ fn main() -> ExitCode {
             Command::Replay { files, dlq } => cli::replay(&config, &files, dlq).await.map(|_| ()),
             Command::Embed { backfill } => cli::embed(&config, backfill).map(|_| ()),
             Command::Nearest { item_id, k } => cli::nearest(&config, &item_id, k),
+            Command::Backfill {
+                events,
+                restart,
+                dlq,
+            } => cli::backfill::run(&config, &events, restart, dlq).await,
             Command::Job {
                 command: JobCommand::Run { name },
             } => cli::job_run(&config, &name).await,
+            Command::Job {
+                command: JobCommand::All,
+            } => cli::job_all(&config).await,
             Command::Config {
                 command: ConfigCommand::Show,
             } => cli::config_show(&config),

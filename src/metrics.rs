@@ -52,6 +52,12 @@ pub const EMBED_INFERENCE_SECONDS: &str = "sailstream_embed_inference_seconds";
 pub const EMBED_PREPROCESS_SECONDS: &str = "sailstream_embed_preprocess_seconds";
 /// Counter, labels: topic. Item embeddings published.
 pub const EMBEDDINGS_PUBLISHED: &str = "sailstream_embeddings_published_total";
+/// Counter, labels: job, outcome (ok | error). Scheduled job runs in the worker.
+pub const JOB_RUNS: &str = "sailstream_job_runs_total";
+/// Histogram, labels: job. Seconds one job run took.
+pub const JOB_SECONDS: &str = "sailstream_job_seconds";
+/// Counter, no labels. Users whose interests the stream recomputed.
+pub const INTERESTS_UPDATED: &str = "sailstream_interests_updated_total";
 
 /// Starts the Prometheus scrape endpoint (`GET /metrics` on `addr`) and installs the global recorder.
 /// Must be called inside a Tokio runtime.
@@ -99,5 +105,11 @@ fn describe() {
     metrics::describe_gauge!(
         CONSUMER_LAG,
         "Messages behind the high watermark per partition"
+    );
+    describe_counter!(JOB_RUNS, "Scheduled job runs in the worker, by outcome");
+    describe_histogram!(JOB_SECONDS, "Seconds one job run took");
+    describe_counter!(
+        INTERESTS_UPDATED,
+        "Users whose interests the stream recomputed"
     );
 }

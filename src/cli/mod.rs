@@ -1,5 +1,7 @@
 //! What each subcommand does; `main.rs` only parses arguments and maps errors to exit codes.
 
+pub mod backfill;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -151,7 +153,11 @@ pub fn embed(config: &Config, backfill: bool) -> Result<EmbedReport> {
     embed_with(config, store, backfill)
 }
 
-fn embed_with(config: &Config, store: Arc<Store>, backfill: bool) -> Result<EmbedReport> {
+pub(crate) fn embed_with(
+    config: &Config,
+    store: Arc<Store>,
+    backfill: bool,
+) -> Result<EmbedReport> {
     let embedder = Embedder::load(config)?;
     let model = embedder.manifest().model.clone();
     let device = embedder.device();
@@ -237,50 +243,21 @@ fn nearest_items(store: &Store, item_id: &str, k: usize) -> Result<Vec<(String, 
         .collect()
 }
 
-/// The jobs `sailstream job run` knows, in the order a backfill runs them.
-pub const JOBS: [&str; 3] = ["copairs", "semantic_ids", "interests"];
-
+/// Runs one job (see `sailstream::jobs::ALL`) and prints what it wrote.
 pub async fn job_run(config: &Config, name: &str) -> Result<()> {
-    let started = Instant::now();
-    if name == "interests" {
-        let store = Store::open(&config.store.path)?;
-        let (users, written) = sailstream::jobs::interests::run(&store, config)?;
-        eprintln!(
-            "job interests: {written} of {users} users have interests (the others have no embedded positives) in {:.2}s",
-            started.elapsed().as_secs_f64()
-        );
-        return Ok(());
+    let store = Store::open(&config.store.path)?;
+    let summary = sailstream::jobs::run(name, config, &store).await?;
+    eprintln!("job {summary}");
+    Ok(())
+}
+
+/// Runs every job in dependency order, stopping at the first failure.
+pub async fn job_all(config: &Config) -> Result<()> {
+    let store = Store::open(&config.store.path)?;
+    for name in sailstream::jobs::ALL {
+        let summary = sailstream::jobs::run(name, config, &store).await?;
+        eprintln!("job {summary}");
     }
-    if name == "semantic_ids" {
-        let store = Store::open(&config.store.path)?;
-        let r = sailstream::jobs::semantic_ids::run(&store, config)?;
-        let mse: Vec<String> = r.residual_mse.iter().map(|m| format!("{m:.4}")).collect();
-        eprintln!(
-            "job semantic_ids: codebooks {:?} trained on {} items in {:.2}s; residual MSE per level [{}]",
-            r.levels,
-            r.items,
-            started.elapsed().as_secs_f64(),
-            mse.join(", ")
-        );
-        return Ok(());
-    }
-    let ctx = sailstream::jobs::JobContext::over_log(config).await?;
-    let report = match name {
-        "copairs" => sailstream::jobs::copairs::run(&ctx, config).await?,
-        other => {
-            return Err(Error::invalid(
-                "job",
-                format!("unknown job '{other}' (known: {})", JOBS.join(", ")),
-            ));
-        }
-    };
-    eprintln!(
-        "job {} wrote {} rows to {} in {:.2}s",
-        report.job,
-        report.rows,
-        report.output.display(),
-        started.elapsed().as_secs_f64()
-    );
     Ok(())
 }
 

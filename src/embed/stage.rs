@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use super::Embedder;
 use crate::error::{Error, Result};
+use crate::ingest::now_ms;
 use crate::metrics as m;
 use crate::schema::{Item, ItemEmbedding};
 use crate::store::Store;
@@ -272,10 +273,4 @@ impl EmbedStage {
         }
         Ok((report, written))
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

@@ -215,6 +215,7 @@ impl<'a> Fold<'a> {
         }
         for (user, list) in &self.user_positives {
             batch.put_user_positives(user, list)?;
+            batch.put_interests_pending(user)?;
         }
         for e in &self.id_embedding_writes {
             batch.put_id_embedding(e)?;

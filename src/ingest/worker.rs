@@ -16,6 +16,9 @@ use crate::metrics as m;
 use crate::schema::ItemEmbedding;
 use crate::store::Store;
 
+/// Users whose interests are recomputed after each ingest batch (bounds the time one tick takes).
+const INTEREST_UPDATES_PER_TICK: usize = 256;
+
 /// Runs until `shutdown` resolves. On shutdown the batch in hand is committed (or left for the next start, if
 /// it cannot be), pending offline-log rows are written out, and the function returns the totals.
 pub async fn run(
@@ -76,6 +79,7 @@ pub async fn run(
     tracing::info!(brokers = %config.kafka.brokers, group = %config.kafka.group_id, ?topics,
         store = %config.store.path.display(), "worker started");
 
+    let mut schedule = JobSchedule::new(&config);
     let max = config.ingest.batch_size;
     let linger = Duration::from_millis(config.ingest.linger_ms);
     let max_backoff = Duration::from_millis(config.worker.max_backoff_ms);
@@ -118,9 +122,20 @@ pub async fn run(
         ingestor.roll_log(false)?;
         if let Some(embed) = embed.as_mut() {
             embed.tick().await;
+            // Interests follow the stream: users whose positives changed get them recomputed here.
+            match crate::jobs::interests::update_pending(&store, &config, INTEREST_UPDATES_PER_TICK)
+            {
+                Ok(n) => metrics::counter!(m::INTERESTS_UPDATED).increment(n as u64),
+                Err(e) => {
+                    metrics::counter!(m::RETRIES, "stage" => "interests").increment(1);
+                    tracing::warn!(error = %e, "updating user interests failed; the users stay pending");
+                }
+            }
         }
+        schedule.tick(&store, &config);
     }
     ingestor.roll_log(true)?;
+    schedule.finish().await;
     tracing::info!(
         records = total.records,
         applied = total.applied,
@@ -129,6 +144,70 @@ pub async fn run(
         "worker stopped"
     );
     Ok(total)
+}
+
+/// Runs every job in the background every `jobs.schedule_interval_s` (the first run one interval after start),
+/// never two runs at once. Jobs read the offline log's segments and write the store beside ingest.
+struct JobSchedule {
+    interval: Option<Duration>,
+    next: Instant,
+    running: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl JobSchedule {
+    fn new(config: &Config) -> JobSchedule {
+        let interval = (config.jobs.schedule_interval_s > 0)
+            .then(|| Duration::from_secs(config.jobs.schedule_interval_s));
+        JobSchedule {
+            interval,
+            next: Instant::now() + interval.unwrap_or_default(),
+            running: None,
+        }
+    }
+
+    fn tick(&mut self, store: &Arc<Store>, config: &Arc<Config>) {
+        let Some(interval) = self.interval else {
+            return;
+        };
+        if Instant::now() < self.next || self.running.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        self.next = Instant::now() + interval;
+        let (store, config) = (store.clone(), config.clone());
+        let handle = tokio::runtime::Handle::current();
+        // The jobs' k-means and item2vec loops are CPU-bound: a blocking thread keeps them off the ingest loop.
+        self.running = Some(tokio::task::spawn_blocking(move || {
+            for name in crate::jobs::ALL {
+                let started = Instant::now();
+                let result = handle.block_on(crate::jobs::run(name, &config, &store));
+                metrics::histogram!(m::JOB_SECONDS, "job" => name)
+                    .record(started.elapsed().as_secs_f64());
+                match result {
+                    Ok(summary) => {
+                        metrics::counter!(m::JOB_RUNS, "job" => name, "outcome" => "ok")
+                            .increment(1);
+                        tracing::info!(job = name, "{summary}");
+                    }
+                    Err(e) => {
+                        metrics::counter!(m::JOB_RUNS, "job" => name, "outcome" => "error")
+                            .increment(1);
+                        tracing::warn!(job = name, error = %e, "scheduled job failed; the later ones wait for the next run");
+                        break;
+                    }
+                }
+            }
+        }));
+    }
+
+    /// Waits for a run in progress (its writes are atomic, but a clean stop should not cut it short).
+    async fn finish(&mut self) {
+        if let Some(h) = self.running.take()
+            && !h.is_finished()
+        {
+            tracing::info!("waiting for the scheduled jobs to finish");
+            let _ = h.await;
+        }
+    }
 }
 
 /// Embeds the item versions ingest queued, by batch size or deadline, between ingest batches; publishes each

@@ -102,39 +102,76 @@ pub fn compute(
     })
 }
 
-/// Recomputes every user's interests from their stored positives and the stored item embeddings.
+/// Item vectors read so far: (model version, vector), `None` for items without one.
+type VectorCache = HashMap<String, Option<(String, Vec<f32>)>>;
+
+/// One user's interests from their stored positives and the stored item embeddings (`None`: nothing embedded).
+fn recompute(
+    store: &Store,
+    config: &Config,
+    user: &str,
+    cache: &mut VectorCache,
+) -> Result<Option<UserInterests>> {
+    let positives = store.user_positives(user)?;
+    for e in &positives {
+        if !cache.contains_key(&e.item_id) {
+            let v = store
+                .item_embedding(&e.item_id)?
+                .map(|emb| (emb.model_version, emb.vector));
+            cache.insert(e.item_id.clone(), v);
+        }
+    }
+    let lookup = |id: &str| cache.get(id).cloned().flatten().map(|(_, v)| v);
+    let Some(mut interests) = compute(
+        &positives,
+        &lookup,
+        config.jobs.interests_max_clusters,
+        config.jobs.interests_half_life_days * 86_400_000.0,
+        config.jobs.semantic_id_seed,
+    ) else {
+        return Ok(None);
+    };
+    interests.model_version = positives
+        .iter()
+        .find_map(|e| cache.get(&e.item_id).cloned().flatten().map(|(m, _)| m))
+        .unwrap_or_default();
+    Ok(Some(interests))
+}
+
+/// Recomputes every user's interests from their stored positives and the stored item embeddings, and clears
+/// the stream's pending marks (every user is now current).
 pub fn run(store: &Store, config: &Config) -> Result<(usize, usize)> {
     let users = store.ids(cf::USER_POSITIVES, usize::MAX)?;
-    let mut cache: HashMap<String, Option<(String, Vec<f32>)>> = HashMap::new();
+    let mut cache = VectorCache::new();
     let mut batch = store.batch();
     let mut written = 0usize;
     for user in &users {
-        let positives = store.user_positives(user)?;
-        for e in &positives {
-            if !cache.contains_key(&e.item_id) {
-                let v = store
-                    .item_embedding(&e.item_id)?
-                    .map(|emb| (emb.model_version, emb.vector));
-                cache.insert(e.item_id.clone(), v);
-            }
+        batch.delete_interests_pending(user)?;
+        if let Some(interests) = recompute(store, config, user, &mut cache)? {
+            batch.put_user_interests(user, &interests)?;
+            written += 1;
         }
-        let lookup = |id: &str| cache.get(id).cloned().flatten().map(|(_, v)| v);
-        let Some(mut interests) = compute(
-            &positives,
-            &lookup,
-            config.jobs.interests_max_clusters,
-            config.jobs.interests_half_life_days * 86_400_000.0,
-            config.jobs.semantic_id_seed,
-        ) else {
-            continue;
-        };
-        interests.model_version = positives
-            .iter()
-            .find_map(|e| cache.get(&e.item_id).cloned().flatten().map(|(m, _)| m))
-            .unwrap_or_default();
-        batch.put_user_interests(user, &interests)?;
-        written += 1;
     }
     batch.commit()?;
     Ok((users.len(), written))
+}
+
+/// The stream's share: recomputes up to `limit` users whose positives changed since their interests were
+/// computed (ingest marks them in the same batch as the positives), so interests stay current between job
+/// runs. Returns how many users were updated.
+pub fn update_pending(store: &Store, config: &Config, limit: usize) -> Result<usize> {
+    let users = store.ids(cf::INTERESTS_PENDING, limit)?;
+    if users.is_empty() {
+        return Ok(0);
+    }
+    let mut cache = VectorCache::new();
+    let mut batch = store.batch();
+    for user in &users {
+        if let Some(interests) = recompute(store, config, user, &mut cache)? {
+            batch.put_user_interests(user, &interests)?;
+        }
+        batch.delete_interests_pending(user)?;
+    }
+    batch.commit()?;
+    Ok(users.len())
 }

@@ -1,5 +1,6 @@
 //! Batch jobs on DataFusion over the offline event log: what the recommender's behaviour teaches the content
-//! model (co-consumption pairs first; seq2item, ID2item, interests and semantic IDs follow).
+//! model. [`ALL`] lists them in the order a backfill runs them (each may read what the earlier ones wrote):
+//! co-consumption pairs, semantic IDs, ID2item, seq2item, user interests, then the training-set export.
 //!
 //! Jobs read the log's Parquet segments (`<offline_log.path>/<topic>/segment-*.parquet`) as SQL tables, with the
 //! SQL kept in `pipelines/jobs/` (compiled in) and the positives predicate generated from `[positives]`, the
@@ -7,17 +8,123 @@
 //! replaced atomically (written beside it, then renamed).
 
 pub mod copairs;
+pub mod id2item;
 pub mod interests;
 pub mod semantic_ids;
+pub mod seq2item;
+pub mod training;
 
 use std::path::{Path, PathBuf};
 
+use arrow::array::RecordBatch;
 use datafusion::dataframe::DataFrameWriteOptions;
 use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionConfig, SessionContext};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::ingest::Positives;
+use crate::store::Store;
+
+/// Every job, in dependency order.
+pub const ALL: [&str; 6] = [
+    "copairs",
+    "semantic_ids",
+    "id2item",
+    "seq2item",
+    "interests",
+    "training",
+];
+
+/// Runs one job by name over the offline log and the store; returns a one-line summary of what it wrote.
+pub async fn run(name: &str, config: &Config, store: &Store) -> Result<String> {
+    let started = std::time::Instant::now();
+    let secs = || started.elapsed().as_secs_f64();
+    match name {
+        "semantic_ids" => {
+            let r = semantic_ids::run(store, config)?;
+            let mse: Vec<String> = r.residual_mse.iter().map(|m| format!("{m:.4}")).collect();
+            Ok(format!(
+                "semantic_ids: codebooks {:?} trained on {} items in {:.2}s; residual MSE per level [{}]",
+                r.levels,
+                r.items,
+                secs(),
+                mse.join(", ")
+            ))
+        }
+        "interests" => {
+            let (users, written) = interests::run(store, config)?;
+            Ok(format!(
+                "interests: {written} of {users} users have interests (the others have no embedded positives) in {:.2}s",
+                secs()
+            ))
+        }
+        "copairs" | "id2item" | "seq2item" | "training" => {
+            let ctx = JobContext::over_log(config).await?;
+            Ok(match name {
+                "copairs" => {
+                    let r = copairs::run(&ctx, config).await?;
+                    format!(
+                        "copairs: {} pairs to {} in {:.2}s",
+                        r.rows,
+                        r.output.display(),
+                        secs()
+                    )
+                }
+                "id2item" => {
+                    let r = id2item::run(&ctx, store, config).await?;
+                    let spaces: Vec<String> = r
+                        .spaces
+                        .iter()
+                        .map(|(s, n, src)| format!("{s} ({n} items, {src})"))
+                        .collect();
+                    format!(
+                        "id2item: teacher vectors for {}; {} i2i pairs; Parquet in {} in {:.2}s",
+                        spaces.join(", "),
+                        r.i2i.rows,
+                        r.pairs.output.parent().unwrap_or(&r.pairs.output).display(),
+                        secs()
+                    )
+                }
+                "seq2item" => {
+                    let r = seq2item::run(&ctx, store, config).await?;
+                    let per: Vec<String> = r
+                        .samples_per_strategy
+                        .iter()
+                        .map(|(s, n)| format!("{s} {n}"))
+                        .collect();
+                    format!(
+                        "seq2item: {} samples from {} users ({}); {} teacher vectors; Parquet in {} in {:.2}s",
+                        r.samples.rows,
+                        r.users,
+                        per.join(", "),
+                        r.teacher_vectors,
+                        r.samples.output.display(),
+                        secs()
+                    )
+                }
+                _ => {
+                    let m = training::run(&ctx, config).await?;
+                    let per: Vec<String> = m
+                        .datasets
+                        .iter()
+                        .map(|d| format!("{} {} rows w={:.3}", d.name, d.rows, d.weight))
+                        .collect();
+                    format!(
+                        "training: {} datasets ({}) in {} in {:.2}s",
+                        m.datasets.len(),
+                        per.join(", "),
+                        training::training_dir(config).display(),
+                        secs()
+                    )
+                }
+            })
+        }
+        other => Err(Error::invalid(
+            "job",
+            format!("unknown job '{other}' (known: {})", ALL.join(", ")),
+        )),
+    }
+}
 
 /// What a job wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,10 +210,22 @@ impl JobContext {
             .map_err(|e| Error::columnar("planning job SQL", e))
     }
 
+    /// Writes rows computed in Rust as Parquet into `<output_dir>/<job>/` (see [`JobContext::write`]).
+    pub async fn write_batch(&self, job: &'static str, batch: RecordBatch) -> Result<JobReport> {
+        let df = self
+            .ctx
+            .read_batch(batch)
+            .map_err(|e| Error::columnar(format!("staging {job} rows"), e))?;
+        self.write(job, df).await
+    }
+
     /// Writes a result as Parquet into `<output_dir>/<job>/`, replacing the previous run's folder atomically.
+    /// `job` may name a sub-folder (`id2item/pairs`).
     pub async fn write(&self, job: &'static str, df: DataFrame) -> Result<JobReport> {
         let dest = self.output_dir.join(job);
-        let tmp = self.output_dir.join(format!(".{job}.tmp"));
+        let tmp = self
+            .output_dir
+            .join(format!(".{}.tmp", job.replace('/', "-")));
         std::fs::create_dir_all(&self.output_dir)
             .map_err(|e| Error::io(format!("creating {}", self.output_dir.display()), e))?;
         if tmp.exists() {
@@ -128,6 +247,10 @@ impl JobContext {
                     .map(|a| a.iter().flatten().sum::<u64>())
             })
             .sum();
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+        }
         if dest.exists() {
             std::fs::remove_dir_all(&dest)
                 .map_err(|e| Error::io(format!("removing {}", dest.display()), e))?;
@@ -142,7 +265,7 @@ impl JobContext {
     }
 }
 
-fn path_str(p: &Path) -> Result<String> {
+pub(crate) fn path_str(p: &Path) -> Result<String> {
     let abs = if p.is_absolute() {
         p.to_path_buf()
     } else {

@@ -20,11 +20,11 @@
 //! | `user_interests` | 01 · user_id                               | 01 · model_version str · ts i64 · used u32 · dim u32 · mean f32 × dim · k u32 · k × (weight f32 · size u32 · medoid str · centroid f32 × dim) |
 //! | `embed_pending`  | 01 · item_id · 00 · item_version u64 BE     | 01 (an item version waiting for the embed stage) |
 //! | `log_pending`    | 01 · sequence u64 BE                       | 01 · [`LogRow`]                               |
+//! | `teacher_targets`| 01 · item_id · 00 · kind (`seq2item`, `id:<space>`) | 01 · source str · samples u32 · ts i64 · dim u32 · f32 × dim |
+//! | `interests_pending` | 01 · user_id                            | 01 (the user's positives changed since their interests were computed) |
 //! | `job_state`      | ascii name                                 | 01 · u64 LE (counters)                        |
 //!
-//! Ids are printable ASCII (no 0x00), so 0x00 is a safe separator. The per-concern families reserved for
-//! later stages (`teacher_targets`, `job_state`) follow
-//! the same version-byte rule.
+//! Ids are printable ASCII (no 0x00), so 0x00 is a safe separator.
 
 use crate::error::{Error, Result};
 use crate::schema::{Action, IdEmbedding, Item, ItemEmbedding};
@@ -91,6 +91,32 @@ fn id_pair_key(id: &str, second: &str) -> Vec<u8> {
 
 pub fn id_embedding_key(item_id: &str, space: &str) -> Vec<u8> {
     id_pair_key(item_id, space)
+}
+
+/// Splits `01 · id · 00 · second` back into its two parts.
+pub fn decode_id_pair_key(key: &[u8]) -> Result<(&str, &str)> {
+    let rest = match key.split_first() {
+        Some((&KEY_V1, rest)) => rest,
+        _ => return Err(corrupt("unknown key version")),
+    };
+    let sep = rest
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or_else(|| corrupt("pair key separator"))?;
+    let first = std::str::from_utf8(&rest[..sep]).map_err(|_| corrupt("pair key id"))?;
+    let second = std::str::from_utf8(&rest[sep + 1..]).map_err(|_| corrupt("pair key name"))?;
+    Ok((first, second))
+}
+
+pub fn teacher_key(item_id: &str, kind: &str) -> Vec<u8> {
+    id_pair_key(item_id, kind)
+}
+
+/// Every key of one item in a family keyed `01 · id · 00 · ...` starts with this.
+pub fn id_scope_prefix(item_id: &str) -> Vec<u8> {
+    let mut k = id_key(item_id);
+    k.push(0);
+    k
 }
 
 /// Item counters are kept as one partial per source partition (summed on read), so that a partition's share can
@@ -302,6 +328,48 @@ pub struct UserInterests {
     pub positives_used: u32,
     pub mean: Vec<f32>,
     pub clusters: Vec<InterestCluster>,
+}
+
+/// What the behaviour side teaches the content model about one item: a vector in some space plus where it
+/// came from. `kind` is `seq2item` (mean-pooled query sequences that led to the item) or `id:<space>` (the
+/// item's recommender ID embedding in that space).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TeacherTarget {
+    pub kind: String,
+    /// What produced it: the content model version (seq2item) or the ID space's origin (e.g. `item2vec seed=42`).
+    pub source: String,
+    /// How many samples were pooled (seq2item) or 1.
+    pub samples: u32,
+    /// When the job computed it (ms).
+    pub ts: i64,
+    pub vector: Vec<f32>,
+}
+
+pub fn encode_teacher(t: &TeacherTarget) -> Vec<u8> {
+    let mut v = Vec::with_capacity(24 + t.source.len() + 4 * t.vector.len());
+    v.push(VALUE_V1);
+    put_str(&mut v, &t.source);
+    v.extend_from_slice(&t.samples.to_le_bytes());
+    v.extend_from_slice(&t.ts.to_le_bytes());
+    v.extend_from_slice(&(t.vector.len() as u32).to_le_bytes());
+    put_f32s(&mut v, &t.vector);
+    v
+}
+
+pub fn decode_teacher(kind: &str, value: &[u8]) -> Result<TeacherTarget> {
+    let mut r = Reader(versioned(value, "teacher target")?);
+    let source = r.string()?;
+    let samples = r.u32()?;
+    let ts = i64::from_le_bytes(r.take()?);
+    let dim = r.u32()? as usize;
+    let vector = r.f32s(dim)?;
+    Ok(TeacherTarget {
+        kind: kind.to_string(),
+        source,
+        samples,
+        ts,
+        vector,
+    })
 }
 
 fn put_f32s(v: &mut Vec<u8>, xs: &[f32]) {
@@ -641,6 +709,25 @@ mod tests {
         assert_eq!(decode_offset_key(&k).unwrap(), ("sail.items".into(), 7));
         assert!(offset_key("sail.items", 1) < offset_key("sail.items", 2));
         assert_eq!(decode_offset(&encode_offset(42)).unwrap(), 42);
+    }
+
+    #[test]
+    fn teacher_round_trip() {
+        let t = TeacherTarget {
+            kind: "id:item2vec".into(),
+            source: "item2vec seed=7".into(),
+            samples: 3,
+            ts: -5,
+            vector: vec![0.5, -0.25],
+        };
+        assert_eq!(
+            decode_teacher("id:item2vec", &encode_teacher(&t)).unwrap(),
+            t
+        );
+        let key = teacher_key("v1", "seq2item");
+        assert_eq!(decode_id_pair_key(&key).unwrap(), ("v1", "seq2item"));
+        assert!(key.starts_with(&id_scope_prefix("v1")));
+        assert!(!teacher_key("v10", "seq2item").starts_with(&id_scope_prefix("v1")));
     }
 
     #[test]

@@ -13,7 +13,9 @@ use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch};
 
 use crate::error::{Error, Result};
 use crate::schema::{IdEmbedding, Item, ItemEmbedding};
-pub use codec::{Codebooks, HistoryEntry, InterestCluster, ItemStats, LogRow, UserInterests};
+pub use codec::{
+    Codebooks, HistoryEntry, InterestCluster, ItemStats, LogRow, TeacherTarget, UserInterests,
+};
 
 /// On-disk format this build writes. Bumped when a layout changes incompatibly.
 pub const FORMAT_VERSION: u32 = 1;
@@ -36,8 +38,9 @@ pub mod cf {
     pub const JOB_STATE: &str = "job_state";
     pub const LOG_PENDING: &str = "log_pending";
     pub const EMBED_PENDING: &str = "embed_pending";
+    pub const INTERESTS_PENDING: &str = "interests_pending";
 
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 16] = [
         META,
         OFFSETS,
         ITEMS,
@@ -53,6 +56,7 @@ pub mod cf {
         JOB_STATE,
         LOG_PENDING,
         EMBED_PENDING,
+        INTERESTS_PENDING,
     ];
 }
 
@@ -293,6 +297,69 @@ impl Store {
     pub fn id_embedding(&self, item_id: &str, space: &str) -> Result<Option<(u64, i64, Vec<f32>)>> {
         self.get(cf::ID_EMBEDDINGS, &codec::id_embedding_key(item_id, space))?
             .map(|v| codec::decode_id_embedding(&v))
+            .transpose()
+    }
+
+    /// Calls `visit(item_id, space, vector)` for every stored ID embedding, in key order, until it returns false.
+    pub fn for_each_id_embedding(
+        &self,
+        mut visit: impl FnMut(&str, &str, Vec<f32>) -> Result<bool>,
+    ) -> Result<()> {
+        for entry in self
+            .db
+            .iterator_cf(self.cf(cf::ID_EMBEDDINGS)?, IteratorMode::Start)
+        {
+            let (k, v) = entry.map_err(|e| Error::rocks("scanning id embeddings", e))?;
+            let (item, space) = codec::decode_id_pair_key(&k)?;
+            let (_, _, vector) = codec::decode_id_embedding(&v)?;
+            if !visit(item, space, vector)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every teacher target of one item (`seq2item`, `id:<space>`, ...), by kind.
+    pub fn teacher_targets(&self, item_id: &str) -> Result<Vec<TeacherTarget>> {
+        let prefix = codec::id_scope_prefix(item_id);
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(
+            self.cf(cf::TEACHER_TARGETS)?,
+            IteratorMode::From(&prefix, rocksdb::Direction::Forward),
+        );
+        for entry in iter {
+            let (k, v) = entry.map_err(|e| Error::rocks("reading teacher targets", e))?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let (_, kind) = codec::decode_id_pair_key(&k)?;
+            out.push(codec::decode_teacher(kind, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Calls `visit(item_id, target)` for every stored teacher target, in key order, until it returns false.
+    pub fn for_each_teacher_target(
+        &self,
+        mut visit: impl FnMut(&str, TeacherTarget) -> Result<bool>,
+    ) -> Result<()> {
+        for entry in self
+            .db
+            .iterator_cf(self.cf(cf::TEACHER_TARGETS)?, IteratorMode::Start)
+        {
+            let (k, v) = entry.map_err(|e| Error::rocks("scanning teacher targets", e))?;
+            let (item, kind) = codec::decode_id_pair_key(&k)?;
+            if !visit(item, codec::decode_teacher(kind, &v)?)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// One teacher target of an item.
+    pub fn teacher_target(&self, item_id: &str, kind: &str) -> Result<Option<TeacherTarget>> {
+        self.get(cf::TEACHER_TARGETS, &codec::teacher_key(item_id, kind))?
+            .map(|v| codec::decode_teacher(kind, &v))
             .transpose()
     }
 
@@ -606,6 +673,29 @@ impl StateBatch<'_> {
         self.batch
             .delete_cf(handle, codec::embed_pending_key(item_id, item_version));
         Ok(())
+    }
+
+    /// Marks a user whose positives changed, for the stream's interest update.
+    pub fn put_interests_pending(&mut self, user_id: &str) -> Result<()> {
+        self.put(
+            cf::INTERESTS_PENDING,
+            &codec::id_key(user_id),
+            &[codec::VALUE_V1],
+        )
+    }
+
+    pub fn delete_interests_pending(&mut self, user_id: &str) -> Result<()> {
+        let handle = self.store.cf(cf::INTERESTS_PENDING)?;
+        self.batch.delete_cf(handle, codec::id_key(user_id));
+        Ok(())
+    }
+
+    pub fn put_teacher_target(&mut self, item_id: &str, t: &TeacherTarget) -> Result<()> {
+        self.put(
+            cf::TEACHER_TARGETS,
+            &codec::teacher_key(item_id, &t.kind),
+            &codec::encode_teacher(t),
+        )
     }
 
     pub fn put_user_interests(&mut self, user_id: &str, u: &UserInterests) -> Result<()> {
