@@ -79,6 +79,10 @@ fn demo_replays_the_sample_prints_the_store_and_serves_metrics() {
                 "SAILSTREAM__OFFLINE_LOG__PATH",
                 dir.path().join("state/log"),
             )
+            .env(
+                "SAILSTREAM__JOBS__OUTPUT_DIR",
+                dir.path().join("state/exports"),
+            )
             .env("SAILSTREAM__METRICS__LISTEN", format!("127.0.0.1:{port}"))
             .output()
             .unwrap()
@@ -96,6 +100,19 @@ fn demo_replays_the_sample_prints_the_store_and_serves_metrics() {
         "latest item version wins:\n{stdout}"
     );
     assert!(stdout.contains("Dead letters (5 in"), "{stdout}");
+    // Every job ran and the demo prints a few of each feature.
+    for want in [
+        "Running every job",
+        "seq2item: ",
+        "Teacher targets",
+        "seq2item       896 dims",
+        "id:item2vec    64 dims",
+        "Semantic IDs (coarse to fine):",
+        "Interests of u",
+        "datasets.json",
+    ] {
+        assert!(stdout.contains(want), "{want}:\n{stdout}");
+    }
     assert!(
         stdout.contains("action: unknown variant `teleport`"),
         "{stdout}"

@@ -107,4 +107,17 @@ else
   touch "$ml_stamp"
 fi
 
+# --- benchmark peers ------------------------------------------------------------------------------------------
+# DuckDB for benches/jobs.rs (the same job SQL on the same Parquet). Small (one wheel); only benchmarks use it.
+bench_venv="$SAILSTREAM_HOME/bench-venv"
+DUCKDB_VERSION=2.0.0
+if [[ -f "$bench_venv/.complete-duckdb-$DUCKDB_VERSION" ]]; then
+  step "benchmark venv present: $bench_venv"
+else
+  step "creating the benchmark venv (duckdb $DUCKDB_VERSION) in $bench_venv"
+  python3 -m venv "$bench_venv" || die "python3 -m venv failed (apt-get install python3-venv)"
+  "$bench_venv/bin/pip" install -q "duckdb==$DUCKDB_VERSION" || die "pip could not install duckdb==$DUCKDB_VERSION"
+  touch "$bench_venv/.complete-duckdb-$DUCKDB_VERSION"
+fi
+
 step "set-up complete"

@@ -298,10 +298,91 @@ pub async fn demo(config: &Config) -> Result<()> {
     print_dead_letters(&default_dlq_path(config))?;
     if config.embed.enabled {
         print_nearest(&store)?;
+        drop(store);
+        println!(
+            "\nRunning every job ({}):",
+            sailstream::jobs::ALL.join(" -> ")
+        );
+        {
+            let store = Store::open(&config.store.path)?;
+            for name in sailstream::jobs::ALL {
+                println!("  {}", sailstream::jobs::run(name, config, &store).await?);
+            }
+        }
+        print_features(&Store::open_read_only(&config.store.path)?, config)?;
     }
     if config.metrics.enabled {
         print_metrics(config);
     }
+    Ok(())
+}
+
+fn teacher_line(t: &sailstream::store::TeacherTarget) -> String {
+    let head: Vec<String> = t.vector.iter().take(3).map(|v| format!("{v:.3}")).collect();
+    format!(
+        "{:<14} {} dims [{}, ...] from {} sample(s), source {}",
+        t.kind,
+        t.vector.len(),
+        head.join(", "),
+        t.samples,
+        t.source
+    )
+}
+
+/// A few of each feature the jobs produced: seq2item samples and teacher vectors, ID2item vectors, semantic
+/// IDs and user interests.
+fn print_features(store: &Store, config: &Config) -> Result<()> {
+    let title = |id: &str| -> Result<String> {
+        Ok(store.item(id)?.and_then(|i| i.title).unwrap_or_default())
+    };
+    let mut targets: Vec<String> = Vec::new();
+    store.for_each_teacher_target(|item, t| {
+        if t.kind == sailstream::jobs::seq2item::TEACHER_KIND {
+            targets.push(item.to_string());
+        }
+        Ok(targets.len() < 3)
+    })?;
+    println!("\nTeacher targets (what behaviour teaches the content model):");
+    for item in &targets {
+        println!("  {item} {}", truncate(&title(item)?, 50));
+        for t in store.teacher_targets(item)? {
+            println!("      {}", teacher_line(&t));
+        }
+    }
+    println!("\nSemantic IDs (coarse to fine):");
+    // Not `ids(SEMANTIC_IDS)`: that family also holds the codebooks under a non-item key.
+    for id in store.ids(cf::ITEMS, 6)? {
+        if let Some((_, codes)) = store.semantic_ids(&id)? {
+            println!(
+                "  {id:<10} {:<14} {}",
+                format!("{codes:?}"),
+                truncate(&title(&id)?, 50)
+            );
+        }
+    }
+    if let Some(user) = store.ids(cf::USER_INTERESTS, 1)?.into_iter().next()
+        && let Some(i) = store.user_interests(&user)?
+    {
+        println!(
+            "\nInterests of {user} ({} positives, half-life {} days): {} clusters",
+            i.positives_used,
+            config.jobs.interests_half_life_days,
+            i.clusters.len()
+        );
+        for c in &i.clusters {
+            println!(
+                "  weight {:.3}  {:>2} items  medoid {:<8} {}",
+                c.weight,
+                c.size,
+                c.medoid,
+                truncate(&title(&c.medoid)?, 44)
+            );
+        }
+    }
+    println!(
+        "\nTraining sets for distillation: {}/datasets.json",
+        sailstream::jobs::training::training_dir(config).display()
+    );
     Ok(())
 }
 
@@ -502,6 +583,9 @@ pub fn store_item(config: &Config, item_id: &str) -> Result<()> {
     }
     if let Some((version, codes)) = store.semantic_ids(item_id)? {
         println!("semantic ids: {codes:?} (model version {version})");
+    }
+    for t in store.teacher_targets(item_id)? {
+        println!("teacher target {}", teacher_line(&t));
     }
     if let Some(s) = store.item_stats(item_id)? {
         println!(

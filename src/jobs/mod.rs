@@ -141,8 +141,8 @@ pub struct JobContext {
     output_dir: PathBuf,
 }
 
-/// `behaviours`: the behaviour events of the log, typed.
-const BEHAVIOURS_VIEW: &str = "SELECT user_id, item_id, action, dwell_ms, ts, rating, topic, \"partition\", \"offset\" \
+/// `behaviours`: the behaviour events of the log, typed (over the `log_behaviours` Parquet table).
+pub const BEHAVIOURS_VIEW: &str = "SELECT user_id, item_id, action, dwell_ms, ts, rating, topic, \"partition\", \"offset\" \
      FROM log_behaviours";
 
 impl JobContext {
@@ -198,12 +198,18 @@ impl JobContext {
         &self.ctx
     }
 
-    /// Runs one of the `pipelines/jobs/` templates with `{name}` parameters filled in (`{positive}` always).
-    pub async fn sql(&self, template: &str, params: &[(&str, String)]) -> Result<DataFrame> {
+    /// One of the `pipelines/jobs/` templates with `{name}` parameters filled in (`{positive}` always).
+    pub fn render(&self, template: &str, params: &[(&str, String)]) -> String {
         let mut text = template.replace("{positive}", &self.positives.sql_predicate());
         for (name, value) in params {
             text = text.replace(&format!("{{{name}}}"), value);
         }
+        text
+    }
+
+    /// Plans a rendered template (see [`JobContext::render`]).
+    pub async fn sql(&self, template: &str, params: &[(&str, String)]) -> Result<DataFrame> {
+        let text = self.render(template, params);
         self.ctx
             .sql(&text)
             .await
