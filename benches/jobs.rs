@@ -110,6 +110,9 @@ fn run(c: &mut Command) {
     );
 }
 
+/// (name, SQL template, template parameters).
+type Query = (&'static str, &'static str, Vec<(&'static str, String)>);
+
 struct Row {
     dataset: String,
     query: &'static str,
@@ -139,7 +142,7 @@ async fn compare(dataset: &str, behaviours: &Path, repeats: usize, rows: &mut Ve
     config.store.path = state.path().join("store");
     config.offline_log.path = state.path().join("log");
     let ctx = JobContext::over_log(&config).await.unwrap();
-    let queries: [(&'static str, &str, Vec<(&str, String)>); 2] = [
+    let queries: [Query; 2] = [
         (
             "copairs",
             copairs::SQL,
@@ -321,6 +324,8 @@ fn main() {
                 .map_or("-".into(), |d| format!("{:.2}x", r.datafusion / d))
         );
     }
+    // The DataFusion sessions' memory goes back before the backfill runs beside this process.
+    drop(rt);
     if full && ml.join("items.jsonl").exists() {
         let secs = backfill(&ml);
         println!(

@@ -371,7 +371,7 @@ fn user_interests_match_an_independent_computation() {
 
 /// The seq2item fixture: user u1's positives in time order (a1..a3 strong: like + share + finish; a4..a7
 /// one like each), then the target T; u2..u4 supply the behaviour overlap; items carry tags (content labels),
-/// hand-chosen 2-d content vectors and 2-d `gid` ID vectors in two obvious clusters.
+/// hand-chosen 2-d content vectors and 2-d `gid` ID vectors (a Parquet dump) in two obvious clusters.
 fn seq2item_fixture(dir: &Path) {
     let item_tags: [(&str, &[&str]); 8] = [
         ("T", &["x"]),
@@ -417,22 +417,43 @@ fn seq2item_fixture(dir: &Path) {
     ev("u3", "T", "like", 8600);
     ev("u4", "a2", "like", 2600);
     ev("u4", "a3", "like", 3600);
-    let cluster_a = ["a1", "a2", "a3", "a4"];
-    let ids: Vec<String> = item_tags
-        .iter()
-        .map(|(id, _)| {
-            let v = if cluster_a.contains(id) {
-                [1.0, 0.0]
-            } else {
-                [0.0, 1.0]
-            };
-            serde_json::json!({"item_id": id, "space": "gid", "vector": v, "version": 1, "ts": T0})
-                .to_string()
-        })
-        .collect();
-    for (name, lines) in [("items", &items), ("behaviours", &evs), ("ids", &ids)] {
+    for (name, lines) in [("items", &items), ("behaviours", &evs)] {
         std::fs::write(dir.join(format!("{name}.jsonl")), lines.join("\n") + "\n").unwrap();
     }
+    // The recommender's ID embeddings arrive as a Parquet dump (typed columns).
+    use arrow::array::{ArrayRef, Float32Builder, Int64Array, ListBuilder, StringArray};
+    let cluster_a = ["a1", "a2", "a3", "a4"];
+    let mut vectors = ListBuilder::new(Float32Builder::new());
+    for (id, _) in &item_tags {
+        let v = if cluster_a.contains(id) {
+            [1.0, 0.0]
+        } else {
+            [0.0, 1.0]
+        };
+        vectors.values().append_slice(&v);
+        vectors.append(true);
+    }
+    let n = item_tags.len();
+    let columns: Vec<(&str, ArrayRef)> = vec![
+        (
+            "item_id",
+            std::sync::Arc::new(StringArray::from_iter_values(
+                item_tags.iter().map(|(id, _)| *id),
+            )),
+        ),
+        (
+            "space",
+            std::sync::Arc::new(StringArray::from(vec!["gid"; n])),
+        ),
+        ("vector", std::sync::Arc::new(vectors.finish())),
+        ("version", std::sync::Arc::new(Int64Array::from(vec![1; n]))),
+        ("ts", std::sync::Arc::new(Int64Array::from(vec![T0; n]))),
+    ];
+    let batch = arrow::array::RecordBatch::try_from_iter(columns).unwrap();
+    let file = std::fs::File::create(dir.join("ids.parquet")).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
 }
 
 /// Content vectors of the seq2item fixture (cosine to T: a1 1, a2 0.6, a3 0, a4 1).
@@ -508,7 +529,7 @@ fn seq2item_strategies_and_id2item_match_hand_worked_fixture() {
         "--file",
         &file("behaviours.jsonl", "sail.behaviours"),
         "--file",
-        &file("ids.jsonl", "sail.id_embeddings"),
+        &file("ids.parquet", "sail.id_embeddings"),
     ]));
     {
         let store = Store::open(d.join("store")).unwrap();
