@@ -168,11 +168,10 @@ impl JobContext {
                 ),
             ));
         }
-        // Plain Utf8 strings rather than Utf8View: the exports are a contract for trainers and other readers.
-        let session = SessionConfig::new().set_bool(
-            "datafusion.execution.parquet.schema_force_view_types",
-            false,
-        );
+        // Scans read strings as Utf8View (faster joins and grouping on ids); what is written out is cast back
+        // to plain Utf8 (`plain_strings`), since the exports are a contract for trainers and other readers.
+        let session = SessionConfig::new()
+            .set_bool("datafusion.execution.parquet.schema_force_view_types", true);
         let ctx = SessionContext::new_with_config(session);
         ctx.register_parquet(
             "log_behaviours",
@@ -228,6 +227,7 @@ impl JobContext {
     /// Writes a result as Parquet into `<output_dir>/<job>/`, replacing the previous run's folder atomically.
     /// `job` may name a sub-folder (`id2item/pairs`).
     pub async fn write(&self, job: &'static str, df: DataFrame) -> Result<JobReport> {
+        let df = plain_strings(df)?;
         let dest = self.output_dir.join(job);
         let tmp = self
             .output_dir
@@ -269,6 +269,30 @@ impl JobContext {
             output: dest,
         })
     }
+}
+
+/// The same rows with every Utf8View column cast to plain Utf8 (the exports' string type).
+pub(crate) fn plain_strings(df: DataFrame) -> Result<DataFrame> {
+    use arrow::datatypes::DataType;
+    use datafusion::common::Column;
+    use datafusion::prelude::{Expr, cast};
+    let fields = df.schema().fields().clone();
+    if !fields.iter().any(|f| f.data_type() == &DataType::Utf8View) {
+        return Ok(df);
+    }
+    let exprs: Vec<Expr> = fields
+        .iter()
+        .map(|f| {
+            let c = Expr::Column(Column::from_name(f.name()));
+            if f.data_type() == &DataType::Utf8View {
+                cast(c, DataType::Utf8).alias(f.name())
+            } else {
+                c
+            }
+        })
+        .collect();
+    df.select(exprs)
+        .map_err(|e| Error::columnar("casting strings to Utf8", e))
 }
 
 pub(crate) fn path_str(p: &Path) -> Result<String> {

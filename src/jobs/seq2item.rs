@@ -325,7 +325,9 @@ pub async fn positive_histories(ctx: &JobContext, config: &Config) -> Result<Vec
     let mut out: Vec<History> = Vec::new();
     for b in &batches {
         let users = string_column(b, "user_id")?;
+        let users = &users;
         let items = string_column(b, "item_id")?;
+        let items = &items;
         let counts = i64_column(b, "positives")?;
         let ts = i64_column(b, "ts")?;
         for r in 0..b.num_rows() {
@@ -346,10 +348,18 @@ pub async fn positive_histories(ctx: &JobContext, config: &Config) -> Result<Vec
     Ok(out)
 }
 
-fn string_column<'a>(b: &'a RecordBatch, name: &str) -> Result<&'a StringArray> {
-    b.column_by_name(name)
-        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-        .ok_or_else(|| Error::Internal(format!("job query lost its Utf8 column {name}")))
+/// A string column as plain Utf8 (scans produce Utf8View).
+fn string_column(b: &RecordBatch, name: &str) -> Result<StringArray> {
+    let c = b
+        .column_by_name(name)
+        .ok_or_else(|| Error::Internal(format!("job query lost its column {name}")))?;
+    let plain = arrow::compute::cast(c, &DataType::Utf8)
+        .map_err(|e| Error::Internal(format!("column {name} is not a string: {e}")))?;
+    plain
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .cloned()
+        .ok_or_else(|| Error::Internal(format!("column {name} is not Utf8 after a cast")))
 }
 
 fn i64_column<'a>(b: &'a RecordBatch, name: &str) -> Result<&'a Int64Array> {

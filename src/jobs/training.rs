@@ -93,7 +93,7 @@ pub async fn run(ctx: &JobContext, config: &Config) -> Result<Manifest> {
         let dir = tmp.join(&name);
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        let mut stream = df
+        let mut stream = super::plain_strings(df)?
             .execute_stream()
             .await
             .map_err(|e| Error::columnar(format!("reading {name}"), e))?;
