@@ -209,6 +209,7 @@ fn semantic_ids_recover_clusters_and_match_the_stored_codebooks() {
     }
     b.commit().unwrap();
     let mut config = sailstream::Config::default();
+    config.jobs.output_dir = dir.path().join("exports");
     config.jobs.semantic_id_codebooks = vec![3, 4];
     let report = sailstream::jobs::semantic_ids::run(&store, &config).unwrap();
     assert_eq!((report.items, report.levels.clone()), (90, vec![3, 4]));
@@ -308,6 +309,7 @@ fn user_interests_match_an_independent_computation() {
     b.commit().unwrap();
 
     let mut config = sailstream::Config::default();
+    config.jobs.output_dir = dir.path().join("exports");
     config.jobs.interests_max_clusters = 2;
     config.jobs.interests_half_life_days = 7.0;
     let (users, written) = sailstream::jobs::interests::run(&store, &config).unwrap();
@@ -785,6 +787,19 @@ fn movielens_backfill_produces_every_output_and_resumes() {
     let interests = store.user_interests(user).unwrap().unwrap();
     assert!(!interests.clusters.is_empty() && interests.clusters.len() <= 5);
     drop(store);
+    // The same features as Parquet: codes, codebooks, interests, clusters and seq2item teacher vectors.
+    let rows = |name: &str| -> usize {
+        harness::read_parquet_dir(&d.join("exports").join(name), true)
+            .iter()
+            .map(|b| b.num_rows())
+            .sum()
+    };
+    let targets: BTreeSet<&String> = samples.keys().map(|(_, t, _)| t).collect();
+    assert_eq!(rows("semantic_ids"), 1682);
+    assert_eq!(rows("semantic_id_codebooks"), 64 + 16 + 16);
+    assert_eq!(rows("interests"), positives.len());
+    assert!(rows("interest_clusters") >= positives.len());
+    assert_eq!(rows("seq2item_teachers"), targets.len());
 
     // Same files again: every step is recorded as done and skipped.
     let second = backfill();

@@ -180,6 +180,23 @@ impl Worker {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Polls `done` until it holds, failing with `what` and the worker's log after 300 s or if the worker dies.
+    fn wait_until(&mut self, what: &str, mut done: impl FnMut(&Worker) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            self.assert_alive();
+            if done(self) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not reached after 300 s:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn assert_alive(&mut self) {
         if let Some(status) = self.child.try_wait().unwrap() {
             panic!("worker exited early ({status}):\n{}", self.logs());
@@ -634,38 +651,18 @@ async fn worker_embeds_stores_and_publishes_items_even_across_a_sigkill() {
         records.len() as i64,
         Duration::from_secs(300),
     );
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while embedded_count(&store) < 40 {
-        w.assert_alive();
-        assert!(
-            Instant::now() < deadline,
-            "no embeddings after 300 s:\n{}",
-            w.logs()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    w.wait_until("40 embeddings", |_| embedded_count(&store) >= 40);
     w.kill9();
     let mut w = Worker::start_with(&broker, dir.path(), free_port(), &env);
     let latest: HashMap<String, &serde_json::Value> = items
         .iter()
         .map(|v| (v["item_id"].as_str().unwrap().to_string(), v))
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        w.assert_alive();
-        let done = Store::open_read_only(&store)
+    w.wait_until("nothing left to embed", |_| {
+        Store::open_read_only(&store)
             .map(|s| s.embed_pending(1).map(|p| p.is_empty()).unwrap_or(false))
-            .unwrap_or(false);
-        if done {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "items still pending after 300 s:\n{}",
-            w.logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+            .unwrap_or(false)
+    });
     let status = w.terminate();
     assert!(status.success(), "SIGTERM exits 0, got {status}");
 
@@ -729,19 +726,9 @@ async fn worker_embeds_stores_and_publishes_items_even_across_a_sigkill() {
     let earlier = std::fs::read_to_string(dir.path().join("worker.log"))
         .map_or(0, |l| l.matches(done_marker).count());
     let mut w = Worker::start_with(&broker, dir.path(), free_port(), &env2);
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        w.assert_alive();
-        if w.logs().matches(done_marker).count() > earlier {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no background re-embedding after 300 s:\n{}",
-            w.logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    w.wait_until("background re-embedding", |w| {
+        w.logs().matches(done_marker).count() > earlier
+    });
     assert!(w.terminate().success());
     let s = Store::open_read_only(&store).unwrap();
     for id in latest.keys() {
@@ -797,26 +784,13 @@ async fn worker_keeps_interests_current_and_runs_the_job_schedule() {
     ];
     // First without the job schedule, so the interests can only come from the stream.
     let mut w = Worker::start_with(&broker, dir.path(), free_port(), &env);
-    let wait = |w: &mut Worker, what: &str, done: &dyn Fn(&Store) -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(300);
-        loop {
-            w.assert_alive();
-            if Store::open_read_only(&store)
-                .map(|s| done(&s))
-                .unwrap_or(false)
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what} not reached after 300 s:\n{}",
-                w.logs()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+    let stored = |done: &dyn Fn(&Store) -> bool| {
+        Store::open_read_only(&store)
+            .map(|s| done(&s))
+            .unwrap_or(false)
     };
-    wait(&mut w, "every item embedded", &|s| {
-        s.key_count(sailstream::store::cf::ITEM_EMBEDDINGS).unwrap() == 24
+    w.wait_until("every item embedded", |_| {
+        stored(&|s| s.key_count(sailstream::store::cf::ITEM_EMBEDDINGS).unwrap() == 24)
     });
     // u1 likes six items, u2 three; each user's interests must follow without any job run in between.
     let likes: Vec<(&str, usize)> = vec![
@@ -842,9 +816,11 @@ async fn worker_keeps_interests_current_and_runs_the_job_schedule() {
     broker
         .produce(&producer, "sail.behaviours", None, &records)
         .await;
-    wait(&mut w, "interests of u1 and u2", &|s| {
-        let used = |u: &str| s.user_interests(u).unwrap().map(|i| i.positives_used);
-        used("u1") == Some(6) && used("u2") == Some(3)
+    w.wait_until("interests of u1 and u2", |_| {
+        stored(&|s| {
+            let used = |u: &str| s.user_interests(u).unwrap().map(|i| i.positives_used);
+            used("u1") == Some(6) && used("u2") == Some(3)
+        })
     });
     assert!(w.terminate().success());
     assert!(!dir.path().join("exports").exists(), "no job ran yet");
@@ -854,16 +830,7 @@ async fn worker_keeps_interests_current_and_runs_the_job_schedule() {
     env2.push(("SAILSTREAM__JOBS__SCHEDULE_INTERVAL_S", "1"));
     let mut w = Worker::start_with(&broker, dir.path(), free_port(), &env2);
     let manifest = dir.path().join("exports/training/datasets.json");
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while !manifest.exists() {
-        w.assert_alive();
-        assert!(
-            Instant::now() < deadline,
-            "no scheduled job run after 300 s:\n{}",
-            w.logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    w.wait_until("a scheduled job run", |_| manifest.exists());
     assert!(w.terminate().success());
 
     // Independent check of u2's mean interest: three likes 1 ms apart weigh the same, so it is the normalised
@@ -887,6 +854,15 @@ async fn worker_keeps_interests_current_and_runs_the_job_schedule() {
     assert_eq!(s.semantic_ids("t0").unwrap().unwrap().1.len(), 2);
     let logs = std::fs::read_to_string(dir.path().join("worker.log")).unwrap();
     assert!(logs.contains("seq2item:"), "{logs}");
+    for name in [
+        "seq2item",
+        "seq2item_teachers",
+        "interests",
+        "semantic_ids",
+        "id2item/pairs",
+    ] {
+        assert!(dir.path().join("exports").join(name).is_dir(), "{name}");
+    }
 }
 
 fn embedded_count(store: &Path) -> u64 {

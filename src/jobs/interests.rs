@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use super::semantic_ids::{SplitMix, kmeans};
 use crate::config::Config;
 use crate::embed::normalize;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::store::{HistoryEntry, InterestCluster, Store, UserInterests, cf};
 
 /// Interests of one user, or `None` when none of the positive items has an embedding of `model_version`.
@@ -144,16 +144,104 @@ pub fn run(store: &Store, config: &Config) -> Result<(usize, usize)> {
     let users = store.ids(cf::USER_POSITIVES, usize::MAX)?;
     let mut cache = VectorCache::new();
     let mut batch = store.batch();
-    let mut written = 0usize;
+    let mut computed = Vec::new();
     for user in &users {
         batch.delete_interests_pending(user)?;
         if let Some(interests) = recompute(store, config, user, &mut cache)? {
             batch.put_user_interests(user, &interests)?;
-            written += 1;
+            computed.push((user.as_str(), interests));
         }
     }
     batch.commit()?;
-    Ok((users.len(), written))
+    export(config, &computed)?;
+    Ok((users.len(), computed.len()))
+}
+
+/// Parquet copies: `interests/` (user_id, model_version, ts, positives_used, mean) and `interest_clusters/`
+/// (user_id, rank by weight, weight, size, medoid, centroid).
+fn export(config: &Config, computed: &[(&str, UserInterests)]) -> Result<()> {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, Float32Array, Int64Array, RecordBatch, StringArray, UInt32Array};
+
+    let users = RecordBatch::try_from_iter([
+        (
+            "user_id",
+            Arc::new(StringArray::from_iter_values(
+                computed.iter().map(|(u, _)| *u),
+            )) as ArrayRef,
+        ),
+        (
+            "model_version",
+            Arc::new(StringArray::from_iter_values(
+                computed.iter().map(|(_, i)| i.model_version.as_str()),
+            )),
+        ),
+        (
+            "ts",
+            Arc::new(Int64Array::from_iter_values(
+                computed.iter().map(|(_, i)| i.ts),
+            )),
+        ),
+        (
+            "positives_used",
+            Arc::new(UInt32Array::from_iter_values(
+                computed.iter().map(|(_, i)| i.positives_used),
+            )),
+        ),
+        (
+            "mean",
+            Arc::new(super::f32_lists(
+                computed.iter().map(|(_, i)| i.mean.as_slice()),
+            )),
+        ),
+    ])
+    .map_err(|e| Error::Internal(format!("building the interests batch: {e}")))?;
+    let rows: Vec<(&str, u32, &InterestCluster)> = computed
+        .iter()
+        .flat_map(|(u, i)| {
+            i.clusters
+                .iter()
+                .enumerate()
+                .map(move |(r, c)| (*u, r as u32, c))
+        })
+        .collect();
+    let clusters = RecordBatch::try_from_iter([
+        (
+            "user_id",
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))) as ArrayRef,
+        ),
+        (
+            "rank",
+            Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.1))),
+        ),
+        (
+            "weight",
+            Arc::new(Float32Array::from_iter_values(
+                rows.iter().map(|r| r.2.weight),
+            )),
+        ),
+        (
+            "size",
+            Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.2.size))),
+        ),
+        (
+            "medoid",
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.2.medoid.as_str()),
+            )),
+        ),
+        (
+            "centroid",
+            Arc::new(super::f32_lists(
+                rows.iter().map(|r| r.2.centroid.as_slice()),
+            )),
+        ),
+    ])
+    .map_err(|e| Error::Internal(format!("building the interest clusters batch: {e}")))?;
+    super::write_rows(&config.jobs.output_dir, "interests", &users)?;
+    super::write_rows(&config.jobs.output_dir, "interest_clusters", &clusters)?;
+    Ok(())
 }
 
 /// The stream's share: recomputes up to `limit` users whose positives changed since their interests were

@@ -271,6 +271,43 @@ impl JobContext {
     }
 }
 
+/// Writes rows computed outside DataFusion (semantic IDs, interests) as one Parquet file in
+/// `<output_dir>/<name>/`, replacing the previous folder atomically. Returns the rows written.
+pub fn write_rows(output_dir: &Path, name: &str, batch: &RecordBatch) -> Result<u64> {
+    let dest = output_dir.join(name);
+    let tmp = output_dir.join(format!(".{name}.tmp"));
+    let ctx = |what: &str, p: &Path| format!("{what} {}", p.display());
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(ctx("removing", &tmp), e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(ctx("creating", &tmp), e))?;
+    let path = tmp.join("part-00000.parquet");
+    let file = std::fs::File::create(&path).map_err(|e| Error::io(ctx("creating", &path), e))?;
+    let mut writer = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None)
+        .map_err(|e| Error::columnar(ctx("starting", &path), e))?;
+    writer
+        .write(batch)
+        .map_err(|e| Error::columnar(ctx("writing", &path), e))?;
+    writer
+        .close()
+        .map_err(|e| Error::columnar(ctx("closing", &path), e))?;
+    if dest.exists() {
+        std::fs::remove_dir_all(&dest).map_err(|e| Error::io(ctx("removing", &dest), e))?;
+    }
+    std::fs::rename(&tmp, &dest).map_err(|e| Error::io(ctx("moving into place", &dest), e))?;
+    Ok(batch.num_rows() as u64)
+}
+
+/// A `List<Float32>` column from vectors.
+pub(crate) fn f32_lists<'a>(vectors: impl Iterator<Item = &'a [f32]>) -> arrow::array::ListArray {
+    let mut b = arrow::array::ListBuilder::new(arrow::array::Float32Builder::new());
+    for v in vectors {
+        b.values().append_slice(v);
+        b.append(true);
+    }
+    b.finish()
+}
+
 /// The same rows with every Utf8View column cast to plain Utf8 (the exports' string type).
 pub(crate) fn plain_strings(df: DataFrame) -> Result<DataFrame> {
     use arrow::datatypes::DataType;

@@ -54,16 +54,79 @@ pub fn run(store: &Store, config: &Config) -> Result<SemanticIdReport> {
         levels,
     };
     let mut batch = store.batch();
+    let mut codes = Vec::with_capacity(items.len());
     for (id, v) in &items {
-        batch.put_semantic_ids(id, &codebooks.model_version, &assign(&codebooks, v))?;
+        let path = assign(&codebooks, v);
+        batch.put_semantic_ids(id, &codebooks.model_version, &path)?;
+        codes.push(path);
     }
     batch.put_codebooks(&codebooks)?;
     batch.commit()?;
+    export(config, &codebooks, &items, &codes)?;
     Ok(SemanticIdReport {
         items: items.len(),
         levels: codebooks.levels.iter().map(|l| l.len()).collect(),
         residual_mse: mse,
     })
+}
+
+/// Parquet copies of what the store now holds: `semantic_ids/` (item_id, model_version, codes coarse to fine)
+/// and `semantic_id_codebooks/` (level, code, centroid).
+fn export(
+    config: &Config,
+    codebooks: &Codebooks,
+    items: &[(String, Vec<f32>)],
+    codes: &[Vec<u32>],
+) -> Result<()> {
+    use std::sync::Arc;
+
+    use arrow::array::{ListBuilder, RecordBatch, StringArray, UInt32Array, UInt32Builder};
+
+    let mut lists = ListBuilder::new(UInt32Builder::new());
+    for c in codes {
+        lists.values().append_slice(c);
+        lists.append(true);
+    }
+    let ids = RecordBatch::try_from_iter([
+        (
+            "item_id",
+            Arc::new(StringArray::from_iter_values(
+                items.iter().map(|(id, _)| id.as_str()),
+            )) as arrow::array::ArrayRef,
+        ),
+        (
+            "model_version",
+            Arc::new(StringArray::from(vec![
+                codebooks.model_version.as_str();
+                items.len()
+            ])),
+        ),
+        ("codes", Arc::new(lists.finish())),
+    ])
+    .map_err(|e| Error::Internal(format!("building the semantic ids batch: {e}")))?;
+    let (mut level, mut code, mut centroids) = (Vec::new(), Vec::new(), Vec::new());
+    for (l, cents) in codebooks.levels.iter().enumerate() {
+        for (c, v) in cents.iter().enumerate() {
+            level.push(l as u32);
+            code.push(c as u32);
+            centroids.push(v.as_slice());
+        }
+    }
+    let books = RecordBatch::try_from_iter([
+        (
+            "level",
+            Arc::new(UInt32Array::from(level)) as arrow::array::ArrayRef,
+        ),
+        ("code", Arc::new(UInt32Array::from(code))),
+        (
+            "centroid",
+            Arc::new(super::f32_lists(centroids.into_iter())),
+        ),
+    ])
+    .map_err(|e| Error::Internal(format!("building the codebooks batch: {e}")))?;
+    super::write_rows(&config.jobs.output_dir, "semantic_ids", &ids)?;
+    super::write_rows(&config.jobs.output_dir, "semantic_id_codebooks", &books)?;
+    Ok(())
 }
 
 /// Residual k-means: per level, the centroids (k of them, or fewer when there are fewer distinct points).

@@ -591,6 +591,26 @@ pub async fn run(ctx: &JobContext, store: &Store, config: &Config) -> Result<Seq
     let report = ctx
         .write_batch("seq2item", samples_batch(&samples)?)
         .await?;
+    let mut targets: Vec<(&String, &(Vec<f32>, u32))> = teachers.iter().collect();
+    targets.sort_by(|a, b| a.0.cmp(b.0));
+    let teacher_rows = RecordBatch::try_from_iter([
+        (
+            "item_id",
+            Arc::new(StringArray::from_iter_values(
+                targets.iter().map(|t| t.0.as_str()),
+            )) as ArrayRef,
+        ),
+        (
+            "samples",
+            Arc::new(UInt32Array::from_iter_values(targets.iter().map(|t| t.1.1))),
+        ),
+        (
+            "vector",
+            Arc::new(super::f32_lists(targets.iter().map(|t| t.1.0.as_slice()))),
+        ),
+    ])
+    .map_err(|e| Error::Internal(format!("building the seq2item teachers batch: {e}")))?;
+    super::write_rows(&config.jobs.output_dir, "seq2item_teachers", &teacher_rows)?;
     Ok(Seq2ItemReport {
         users: histories.len(),
         samples_per_strategy,
