@@ -138,23 +138,40 @@ fn recompute(
     Ok(Some(interests))
 }
 
-/// Recomputes every user's interests from their stored positives and the stored item embeddings, and clears
-/// the stream's pending marks (every user is now current).
+/// Recomputes every user's interests from their stored positives and the stored item embeddings. The stream's
+/// pending marks are left alone: a mark set while this job runs must survive its commit (the worker clears
+/// marks itself, recomputing a user once more at worst).
 pub fn run(store: &Store, config: &Config) -> Result<(usize, usize)> {
     let users = store.ids(cf::USER_POSITIVES, usize::MAX)?;
     let mut cache = VectorCache::new();
     let mut batch = store.batch();
     let mut computed = Vec::new();
+    let mut seen = Vec::with_capacity(users.len());
     for user in &users {
-        batch.delete_interests_pending(user)?;
+        seen.push(positives_version(store, user)?);
         if let Some(interests) = recompute(store, config, user, &mut cache)? {
             batch.put_user_interests(user, &interests)?;
             computed.push((user.as_str(), interests));
         }
     }
     batch.commit()?;
+    // Positives that arrived while the job ran (the worker runs it beside ingest) may have been overwritten
+    // by this commit: such users are marked for the stream to recompute.
+    let mut recheck = store.batch();
+    for (user, before) in users.iter().zip(&seen) {
+        if positives_version(store, user)? != *before {
+            recheck.put_interests_pending(user)?;
+        }
+    }
+    recheck.commit()?;
     export(config, &computed)?;
     Ok((users.len(), computed.len()))
+}
+
+/// What identifies a user's positives list: its length and newest entry (the list is capped, oldest dropped).
+fn positives_version(store: &Store, user: &str) -> Result<(usize, Option<(i64, String)>)> {
+    let list = store.user_positives(user)?;
+    Ok((list.len(), list.last().map(|e| (e.ts, e.item_id.clone()))))
 }
 
 /// Parquet copies: `interests/` (user_id, model_version, ts, positives_used, mean) and `interest_clusters/`
