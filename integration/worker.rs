@@ -180,9 +180,10 @@ impl Worker {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Polls `done` until it holds, failing with `what` and the worker's log after 300 s or if the worker dies.
-    fn wait_until(&mut self, what: &str, mut done: impl FnMut(&Worker) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(300);
+    /// Polls `done` until it holds, failing with `what` and the worker's log after `timeout` or if the worker
+    /// dies.
+    fn wait_until(&mut self, what: &str, timeout: Duration, mut done: impl FnMut(&Worker) -> bool) {
+        let deadline = Instant::now() + timeout;
         loop {
             self.assert_alive();
             if done(self) {
@@ -190,7 +191,7 @@ impl Worker {
             }
             assert!(
                 Instant::now() < deadline,
-                "{what}: not reached after 300 s:\n{}",
+                "{what}: not reached after {timeout:?}:\n{}",
                 self.logs()
             );
             std::thread::sleep(Duration::from_millis(100));
@@ -225,20 +226,9 @@ fn stored_progress(store: &Path) -> i64 {
 }
 
 fn wait_for_progress(worker: &mut Worker, store: &Path, at_least: i64, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        worker.assert_alive();
-        let p = stored_progress(store);
-        if p >= at_least {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "progress {p} < {at_least} after {timeout:?}:\n{}",
-            worker.logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    worker.wait_until(&format!("stored progress >= {at_least}"), timeout, |_| {
+        stored_progress(store) >= at_least
+    });
 }
 
 /// (topic, partition, offset) of every row in the offline log, with duplicates kept.
@@ -651,14 +641,16 @@ async fn worker_embeds_stores_and_publishes_items_even_across_a_sigkill() {
         records.len() as i64,
         Duration::from_secs(300),
     );
-    w.wait_until("40 embeddings", |_| embedded_count(&store) >= 40);
+    w.wait_until("40 embeddings", Duration::from_secs(300), |_| {
+        embedded_count(&store) >= 40
+    });
     w.kill9();
     let mut w = Worker::start_with(&broker, dir.path(), free_port(), &env);
     let latest: HashMap<String, &serde_json::Value> = items
         .iter()
         .map(|v| (v["item_id"].as_str().unwrap().to_string(), v))
         .collect();
-    w.wait_until("nothing left to embed", |_| {
+    w.wait_until("nothing left to embed", Duration::from_secs(300), |_| {
         Store::open_read_only(&store)
             .map(|s| s.embed_pending(1).map(|p| p.is_empty()).unwrap_or(false))
             .unwrap_or(false)
@@ -726,7 +718,7 @@ async fn worker_embeds_stores_and_publishes_items_even_across_a_sigkill() {
     let earlier = std::fs::read_to_string(dir.path().join("worker.log"))
         .map_or(0, |l| l.matches(done_marker).count());
     let mut w = Worker::start_with(&broker, dir.path(), free_port(), &env2);
-    w.wait_until("background re-embedding", |w| {
+    w.wait_until("background re-embedding", Duration::from_secs(300), |w| {
         w.logs().matches(done_marker).count() > earlier
     });
     assert!(w.terminate().success());
@@ -789,7 +781,7 @@ async fn worker_keeps_interests_current_and_runs_the_job_schedule() {
             .map(|s| done(&s))
             .unwrap_or(false)
     };
-    w.wait_until("every item embedded", |_| {
+    w.wait_until("every item embedded", Duration::from_secs(300), |_| {
         stored(&|s| s.key_count(sailstream::store::cf::ITEM_EMBEDDINGS).unwrap() == 24)
     });
     // u1 likes six items, u2 three; each user's interests must follow without any job run in between.
@@ -816,7 +808,7 @@ async fn worker_keeps_interests_current_and_runs_the_job_schedule() {
     broker
         .produce(&producer, "sail.behaviours", None, &records)
         .await;
-    w.wait_until("interests of u1 and u2", |_| {
+    w.wait_until("interests of u1 and u2", Duration::from_secs(300), |_| {
         stored(&|s| {
             let used = |u: &str| s.user_interests(u).unwrap().map(|i| i.positives_used);
             used("u1") == Some(6) && used("u2") == Some(3)
@@ -830,7 +822,9 @@ async fn worker_keeps_interests_current_and_runs_the_job_schedule() {
     env2.push(("SAILSTREAM__JOBS__SCHEDULE_INTERVAL_S", "1"));
     let mut w = Worker::start_with(&broker, dir.path(), free_port(), &env2);
     let manifest = dir.path().join("exports/training/datasets.json");
-    w.wait_until("a scheduled job run", |_| manifest.exists());
+    w.wait_until("a scheduled job run", Duration::from_secs(300), |_| {
+        manifest.exists()
+    });
     assert!(w.terminate().success());
 
     // Independent check of u2's mean interest: three likes 1 ms apart weigh the same, so it is the normalised
