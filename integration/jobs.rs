@@ -548,6 +548,17 @@ fn seq2item_strategies_and_id2item_match_hand_worked_fixture() {
             })
             .unwrap();
         }
+        // Left over from an earlier run: a5 is never a target here, and the space "old" is gone.
+        for (item, kind) in [("a5", "seq2item"), ("a1", "id:old")] {
+            let stale = sailstream::store::TeacherTarget {
+                kind: kind.into(),
+                source: "earlier run".into(),
+                samples: 1,
+                ts: T0,
+                vector: vec![1.0, 0.0],
+            };
+            b.put_teacher_target(item, &stale).unwrap();
+        }
         b.commit().unwrap();
     }
     let out = run(seq2item_bin(d).args(["job", "run", "id2item"]));
@@ -626,6 +637,16 @@ fn seq2item_strategies_and_id2item_match_hand_worked_fixture() {
             "{got:?} vs {expected:?}"
         );
     }
+    // Reruns replace a job's targets: the leftovers are gone.
+    assert!(store.teacher_target("a5", "seq2item").unwrap().is_none());
+    assert!(store.teacher_target("a1", "id:old").unwrap().is_none());
+    let kinds: Vec<String> = store
+        .teacher_targets("a1")
+        .unwrap()
+        .into_iter()
+        .map(|t| t.kind)
+        .collect();
+    assert_eq!(kinds, ["id:gid"]);
     // a3 is u4's target: one sample each of two strategies, both [a2].
     let a3 = store.teacher_target("a3", "seq2item").unwrap().unwrap();
     assert_eq!(a3.samples, 2);

@@ -248,6 +248,21 @@ pub async fn run(ctx: &JobContext, store: &Store, config: &Config) -> Result<Id2
     }
     let now = crate::ingest::now_ms();
     let mut batch = store.batch();
+    // Every ID-space target this run does not produce again goes (a vanished space, an item no longer in it).
+    let produced: std::collections::HashSet<(String, &str)> = spaces
+        .iter()
+        .flat_map(|(space, (_, items))| {
+            items
+                .iter()
+                .map(move |(item, _)| (format!("id:{space}"), item.as_str()))
+        })
+        .collect();
+    super::drop_stale_teachers(
+        store,
+        &mut batch,
+        |kind| kind.starts_with("id:"),
+        |kind, item| produced.contains(&(kind.to_string(), item)),
+    )?;
     for (space, (source, items)) in &spaces {
         let kind = format!("id:{space}");
         for (item, vector) in items {

@@ -298,6 +298,27 @@ pub fn write_rows(output_dir: &Path, name: &str, batch: &RecordBatch) -> Result<
     Ok(batch.num_rows() as u64)
 }
 
+/// Deletes, in `batch`, the teacher targets of the given kinds whose item is not in `keep(kind, item)`: a rerun
+/// replaces a job's targets instead of leaving those of items it no longer produces.
+pub(crate) fn drop_stale_teachers(
+    store: &Store,
+    batch: &mut crate::store::StateBatch<'_>,
+    is_ours: impl Fn(&str) -> bool,
+    keep: impl Fn(&str, &str) -> bool,
+) -> Result<usize> {
+    let mut stale = Vec::new();
+    store.for_each_teacher_target(|item, t| {
+        if is_ours(&t.kind) && !keep(&t.kind, item) {
+            stale.push((item.to_string(), t.kind));
+        }
+        Ok(true)
+    })?;
+    for (item, kind) in &stale {
+        batch.delete_teacher_target(item, kind)?;
+    }
+    Ok(stale.len())
+}
+
 /// A `List<Float32>` column from vectors.
 pub(crate) fn f32_lists<'a>(vectors: impl Iterator<Item = &'a [f32]>) -> arrow::array::ListArray {
     let mut b = arrow::array::ListBuilder::new(arrow::array::Float32Builder::new());

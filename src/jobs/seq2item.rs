@@ -566,6 +566,12 @@ pub async fn run(ctx: &JobContext, store: &Store, config: &Config) -> Result<Seq
     let teachers = teacher_vectors(&samples, &know.embeddings);
     let now = crate::ingest::now_ms();
     let mut batch = store.batch();
+    super::drop_stale_teachers(
+        store,
+        &mut batch,
+        |kind| kind == TEACHER_KIND,
+        |_, item| teachers.contains_key(item),
+    )?;
     for (item, (vector, n)) in &teachers {
         batch.put_teacher_target(
             item,

@@ -690,6 +690,13 @@ impl StateBatch<'_> {
         Ok(())
     }
 
+    pub fn delete_teacher_target(&mut self, item_id: &str, kind: &str) -> Result<()> {
+        let handle = self.store.cf(cf::TEACHER_TARGETS)?;
+        self.batch
+            .delete_cf(handle, codec::teacher_key(item_id, kind));
+        Ok(())
+    }
+
     pub fn put_teacher_target(&mut self, item_id: &str, t: &TeacherTarget) -> Result<()> {
         self.put(
             cf::TEACHER_TARGETS,
