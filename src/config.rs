@@ -18,7 +18,7 @@ pub const DEFAULTS_TOML: &str = include_str!("../pipelines/defaults.toml");
 pub const ENV_PREFIX: &str = "SAILSTREAM__";
 
 /// Tables whose keys are free-form (passed through to a client), so overrides may add new keys there.
-const OPEN_TABLES: &[&str] = &["kafka.client", "id_spaces"];
+const OPEN_TABLES: &[&str] = &["kafka.client", "id_spaces", "jobs.training_weights"];
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -678,6 +678,11 @@ fn apply_env_override(root: &mut toml::Table, name: &str, raw: &str) -> Result<(
                     Error::config(&key, format!("{name}={raw:?}: expected an integer"))
                 })?;
                 toml::Value::Integer(dim)
+            } else if walked == "jobs.training_weights" {
+                let weight: f64 = raw.trim().parse().map_err(|_| {
+                    Error::config(&key, format!("{name}={raw:?}: expected a number"))
+                })?;
+                toml::Value::Float(weight)
             } else {
                 toml::Value::String(raw.to_string())
             }
@@ -768,6 +773,7 @@ mod tests {
                 ("SAILSTREAM__POSITIVES__ACTIONS", "like, share"),
                 ("SAILSTREAM__KAFKA__CLIENT__SECURITY.PROTOCOL", "ssl"),
                 ("SAILSTREAM__ID_SPACES__CLUSTER", "32"),
+                ("SAILSTREAM__JOBS__TRAINING_WEIGHTS__COPAIRS", "2.5"),
                 ("UNRELATED", "x"),
             ]),
         )
@@ -779,6 +785,7 @@ mod tests {
         assert_eq!(c.positives.actions, vec![Action::Like, Action::Share]);
         assert_eq!(c.kafka.client.get("security.protocol").unwrap(), "ssl");
         assert_eq!(c.id_spaces.get("cluster"), Some(&32));
+        assert_eq!(c.jobs.training_weights.get("copairs"), Some(&2.5));
     }
 
     #[test]
