@@ -74,7 +74,7 @@ fn is_data_file(p: &Path) -> bool {
 
 /// FNV-1a over each file's path, size and modification time: the identity of one backfill's input.
 fn fingerprint(files: &[(PathBuf, String)]) -> Result<String> {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut identity = String::new();
     for (path, topic) in files {
         let meta = std::fs::metadata(path)
             .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
@@ -84,12 +84,12 @@ fn fingerprint(files: &[(PathBuf, String)]) -> Result<String> {
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_nanos());
         let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
-        let line = format!("{}|{topic}|{}|{mtime}\n", canonical.display(), meta.len());
-        for b in line.bytes() {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        identity += &format!("{}|{topic}|{}|{mtime}\n", canonical.display(), meta.len());
     }
-    Ok(format!("{h:016x}"))
+    Ok(format!(
+        "{:016x}",
+        sailstream::jobs::fnv1a(identity.as_bytes())
+    ))
 }
 
 pub async fn run(config: &Config, dir: &Path, restart: bool, dlq: Option<PathBuf>) -> Result<()> {

@@ -14,9 +14,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use arrow::array::{
-    ArrayRef, Float32Array, Float32Builder, ListBuilder, RecordBatch, StringArray, UInt32Array,
-};
+use arrow::array::{ArrayRef, Float32Array, RecordBatch, StringArray, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use rayon::prelude::*;
 
@@ -280,15 +278,10 @@ pub async fn run(ctx: &JobContext, store: &Store, config: &Config) -> Result<Id2
     }
     batch.commit()?;
 
-    let pairs = ctx
-        .write_batch("id2item/pairs", pairs_batch(&spaces)?)
-        .await?;
-    let i2i = ctx
-        .write_batch(
-            "id2item/i2i",
-            i2i_batch(&spaces, config.jobs.id2item_neighbours)?,
-        )
-        .await?;
+    let out = &config.jobs.output_dir;
+    let pairs = super::write_rows(out, "id2item/pairs", &pairs_batch(&spaces)?)?;
+    let neighbours = i2i_batch(&spaces, config.jobs.id2item_neighbours)?;
+    let i2i = super::write_rows(out, "id2item/i2i", &neighbours)?;
     Ok(Id2ItemReport {
         spaces: spaces
             .iter()
@@ -300,16 +293,14 @@ pub async fn run(ctx: &JobContext, store: &Store, config: &Config) -> Result<Id2
 }
 
 fn pairs_batch(spaces: &Spaces) -> Result<RecordBatch> {
-    let (mut items, mut names) = (Vec::new(), Vec::new());
-    let mut vectors = ListBuilder::new(Float32Builder::new());
-    for (space, (_, rows)) in spaces {
-        for (item, v) in rows {
-            items.push(item.as_str());
-            names.push(space.as_str());
-            vectors.values().append_slice(v);
-            vectors.append(true);
-        }
-    }
+    let rows = || {
+        spaces
+            .iter()
+            .flat_map(|(space, (_, rows))| rows.iter().map(move |r| (space, r)))
+    };
+    let items: Vec<&str> = rows().map(|(_, (item, _))| item.as_str()).collect();
+    let names: Vec<&str> = rows().map(|(space, _)| space.as_str()).collect();
+    let vectors = super::f32_lists(rows().map(|(_, (_, v))| v.as_slice()));
     let schema = Schema::new(vec![
         Field::new("item_id", DataType::Utf8, false),
         Field::new("space", DataType::Utf8, false),
@@ -322,7 +313,7 @@ fn pairs_batch(spaces: &Spaces) -> Result<RecordBatch> {
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from(items)),
         Arc::new(StringArray::from(names)),
-        Arc::new(vectors.finish()),
+        Arc::new(vectors),
     ];
     RecordBatch::try_new(Arc::new(schema), columns)
         .map_err(|e| Error::Internal(format!("building the id2item pairs batch: {e}")))

@@ -105,15 +105,14 @@ pub fn compute(
 /// Item vectors read so far: (model version, vector), `None` for items without one.
 type VectorCache = HashMap<String, Option<(String, Vec<f32>)>>;
 
-/// One user's interests from their stored positives and the stored item embeddings (`None`: nothing embedded).
+/// One user's interests from their positives and the stored item embeddings (`None`: nothing embedded).
 fn recompute(
     store: &Store,
     config: &Config,
-    user: &str,
+    positives: &[HistoryEntry],
     cache: &mut VectorCache,
 ) -> Result<Option<UserInterests>> {
-    let positives = store.user_positives(user)?;
-    for e in &positives {
+    for e in positives {
         if !cache.contains_key(&e.item_id) {
             let v = store
                 .item_embedding(&e.item_id)?
@@ -123,7 +122,7 @@ fn recompute(
     }
     let lookup = |id: &str| cache.get(id).cloned().flatten().map(|(_, v)| v);
     let Some(mut interests) = compute(
-        &positives,
+        positives,
         &lookup,
         config.jobs.interests_max_clusters,
         config.jobs.interests_half_life_days * 86_400_000.0,
@@ -148,8 +147,9 @@ pub fn run(store: &Store, config: &Config) -> Result<(usize, usize)> {
     let mut computed = Vec::new();
     let mut seen = Vec::with_capacity(users.len());
     for user in &users {
-        seen.push(positives_version(store, user)?);
-        if let Some(interests) = recompute(store, config, user, &mut cache)? {
+        let positives = store.user_positives(user)?;
+        seen.push(positives_version(&positives));
+        if let Some(interests) = recompute(store, config, &positives, &mut cache)? {
             batch.put_user_interests(user, &interests)?;
             computed.push((user.as_str(), interests));
         }
@@ -159,7 +159,7 @@ pub fn run(store: &Store, config: &Config) -> Result<(usize, usize)> {
     // by this commit: such users are marked for the stream to recompute.
     let mut recheck = store.batch();
     for (user, before) in users.iter().zip(&seen) {
-        if positives_version(store, user)? != *before {
+        if positives_version(&store.user_positives(user)?) != *before {
             recheck.put_interests_pending(user)?;
         }
     }
@@ -169,9 +169,8 @@ pub fn run(store: &Store, config: &Config) -> Result<(usize, usize)> {
 }
 
 /// What identifies a user's positives list: its length and newest entry (the list is capped, oldest dropped).
-fn positives_version(store: &Store, user: &str) -> Result<(usize, Option<(i64, String)>)> {
-    let list = store.user_positives(user)?;
-    Ok((list.len(), list.last().map(|e| (e.ts, e.item_id.clone()))))
+fn positives_version(list: &[HistoryEntry]) -> (usize, Option<(i64, String)>) {
+    (list.len(), list.last().map(|e| (e.ts, e.item_id.clone())))
 }
 
 /// Parquet copies: `interests/` (user_id, model_version, ts, positives_used, mean) and `interest_clusters/`
@@ -272,7 +271,8 @@ pub fn update_pending(store: &Store, config: &Config, limit: usize) -> Result<us
     let mut cache = VectorCache::new();
     let mut batch = store.batch();
     for user in &users {
-        if let Some(interests) = recompute(store, config, user, &mut cache)? {
+        let positives = store.user_positives(user)?;
+        if let Some(interests) = recompute(store, config, &positives, &mut cache)? {
             batch.put_user_interests(user, &interests)?;
         }
         batch.delete_interests_pending(user)?;

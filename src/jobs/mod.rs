@@ -10,13 +10,13 @@
 pub mod copairs;
 pub mod id2item;
 pub mod interests;
+mod output;
 pub mod semantic_ids;
 pub mod seq2item;
 pub mod training;
 
 use std::path::{Path, PathBuf};
 
-use arrow::array::RecordBatch;
 use datafusion::dataframe::DataFrameWriteOptions;
 use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionConfig, SessionContext};
 
@@ -24,6 +24,8 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::ingest::Positives;
 use crate::store::Store;
+
+pub use output::write_rows;
 
 /// Every job, in dependency order.
 pub const ALL: [&str; 6] = [
@@ -152,14 +154,7 @@ impl JobContext {
             .offline_log
             .path
             .join(&config.kafka.topics.behaviours);
-        let has_segments = std::fs::read_dir(&dir)
-            .map(|entries| {
-                entries
-                    .filter_map(|e| e.ok())
-                    .any(|e| e.path().extension().is_some_and(|x| x == "parquet"))
-            })
-            .unwrap_or(false);
-        if !has_segments {
+        if !output::has_parquet(&dir) {
             return Err(Error::invalid(
                 "offline log",
                 format!(
@@ -215,35 +210,17 @@ impl JobContext {
             .map_err(|e| Error::columnar("planning job SQL", e))
     }
 
-    /// Writes rows computed in Rust as Parquet into `<output_dir>/<job>/` (see [`JobContext::write`]).
-    pub async fn write_batch(&self, job: &'static str, batch: RecordBatch) -> Result<JobReport> {
-        let df = self
-            .ctx
-            .read_batch(batch)
-            .map_err(|e| Error::columnar(format!("staging {job} rows"), e))?;
-        self.write(job, df).await
-    }
-
     /// Writes a result as Parquet into `<output_dir>/<job>/`, replacing the previous run's folder atomically.
     /// `job` may name a sub-folder (`id2item/pairs`).
     pub async fn write(&self, job: &'static str, df: DataFrame) -> Result<JobReport> {
         let df = plain_strings(df)?;
-        let dest = self.output_dir.join(job);
-        let tmp = self
-            .output_dir
-            .join(format!(".{}.tmp", job.replace('/', "-")));
-        std::fs::create_dir_all(&self.output_dir)
-            .map_err(|e| Error::io(format!("creating {}", self.output_dir.display()), e))?;
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp)
-                .map_err(|e| Error::io(format!("removing {}", tmp.display()), e))?;
-        }
-        std::fs::create_dir_all(&tmp)
-            .map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
+        let swap = output::OutputSwap::begin(&self.output_dir, job)?;
         let batches = df
-            .write_parquet(&path_str(&tmp)?, DataFrameWriteOptions::new(), None)
+            .write_parquet(&path_str(swap.tmp())?, DataFrameWriteOptions::new(), None)
             .await
-            .map_err(|e| Error::columnar(format!("writing {job} to {}", tmp.display()), e))?;
+            .map_err(|e| {
+                Error::columnar(format!("writing {job} to {}", swap.tmp().display()), e)
+            })?;
         let rows = batches
             .iter()
             .filter_map(|b| {
@@ -253,49 +230,20 @@ impl JobContext {
                     .map(|a| a.iter().flatten().sum::<u64>())
             })
             .sum();
-        if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
-        }
-        if dest.exists() {
-            std::fs::remove_dir_all(&dest)
-                .map_err(|e| Error::io(format!("removing {}", dest.display()), e))?;
-        }
-        std::fs::rename(&tmp, &dest)
-            .map_err(|e| Error::io(format!("moving {} into place", dest.display()), e))?;
         Ok(JobReport {
             job,
             rows,
-            output: dest,
+            output: swap.commit()?,
         })
     }
 }
 
-/// Writes rows computed outside DataFusion (semantic IDs, interests) as one Parquet file in
-/// `<output_dir>/<name>/`, replacing the previous folder atomically. Returns the rows written.
-pub fn write_rows(output_dir: &Path, name: &str, batch: &RecordBatch) -> Result<u64> {
-    let dest = output_dir.join(name);
-    let tmp = output_dir.join(format!(".{name}.tmp"));
-    let ctx = |what: &str, p: &Path| format!("{what} {}", p.display());
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(ctx("removing", &tmp), e))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(ctx("creating", &tmp), e))?;
-    let path = tmp.join("part-00000.parquet");
-    let file = std::fs::File::create(&path).map_err(|e| Error::io(ctx("creating", &path), e))?;
-    let mut writer = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None)
-        .map_err(|e| Error::columnar(ctx("starting", &path), e))?;
-    writer
-        .write(batch)
-        .map_err(|e| Error::columnar(ctx("writing", &path), e))?;
-    writer
-        .close()
-        .map_err(|e| Error::columnar(ctx("closing", &path), e))?;
-    if dest.exists() {
-        std::fs::remove_dir_all(&dest).map_err(|e| Error::io(ctx("removing", &dest), e))?;
-    }
-    std::fs::rename(&tmp, &dest).map_err(|e| Error::io(ctx("moving into place", &dest), e))?;
-    Ok(batch.num_rows() as u64)
+/// FNV-1a, 64 bit: a hash that stays the same across processes and releases (std's hasher is randomised), for
+/// per-item seeds and input fingerprints.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// Deletes, in `batch`, the teacher targets of the given kinds whose item is not in `keep(kind, item)`: a rerun

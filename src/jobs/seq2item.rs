@@ -182,7 +182,9 @@ pub fn select(
                 .map(|items| items.iter().map(|c| c.positives as usize).sum())
                 .collect();
             let quota = largest_remainder(&mass, p.query_len);
-            let mut rng = SplitMix(p.seed ^ fnv(&target.item_id) ^ u64::from(user).rotate_left(32));
+            let mut rng = SplitMix(
+                p.seed ^ super::fnv1a(target.item_id.as_bytes()) ^ u64::from(user).rotate_left(32),
+            );
             let mut out = Vec::new();
             for (items, q) in by_cluster.into_values().zip(quota) {
                 let mut pool = items;
@@ -281,13 +283,6 @@ pub fn jaccard_without(a: &[u32], b: &[u32], skip: u32) -> f32 {
     } else {
         inter as f32 / union as f32
     }
-}
-
-/// FNV-1a: a stable per-item seed (std's hasher is randomised per process).
-fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 /// The mean-pooled, normalised representation of a query (`None` when none of its items has an embedding).
@@ -594,9 +589,11 @@ pub async fn run(ctx: &JobContext, store: &Store, config: &Config) -> Result<Seq
             )
         })
         .collect();
-    let report = ctx
-        .write_batch("seq2item", samples_batch(&samples)?)
-        .await?;
+    let report = super::write_rows(
+        &config.jobs.output_dir,
+        "seq2item",
+        &samples_batch(&samples)?,
+    )?;
     let mut targets: Vec<(&String, &(Vec<f32>, u32))> = teachers.iter().collect();
     targets.sort_by(|a, b| a.0.cmp(b.0));
     let teacher_rows = RecordBatch::try_from_iter([

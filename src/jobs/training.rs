@@ -9,17 +9,14 @@
 //! Weight of a dataset: `training_weights[name]` when given, else rows^`training_temperature`; then all are
 //! normalised to sum to 1 (an empty dataset gets 0). The folder is replaced atomically.
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use datafusion::prelude::{ParquetReadOptions, col, lit};
 use futures::StreamExt;
-use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
 use serde::Serialize;
 
 use super::JobContext;
+use super::output::{OutputSwap, ShardWriter, has_parquet};
 use super::seq2item::Strategy;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -65,12 +62,7 @@ fn sources() -> Vec<(String, &'static str, Option<&'static str>)> {
 /// Writes every available dataset's shards and the manifest.
 pub async fn run(ctx: &JobContext, config: &Config) -> Result<Manifest> {
     let out = config.jobs.output_dir.clone();
-    let dest = training_dir(config);
-    let tmp = out.join(".training.tmp");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)
-            .map_err(|e| Error::io(format!("removing {}", tmp.display()), e))?;
-    }
+    let swap = OutputSwap::begin(&out, "training")?;
     let mut datasets = Vec::new();
     for (name, folder, strategy) in sources() {
         let src = out.join(folder);
@@ -90,7 +82,7 @@ pub async fn run(ctx: &JobContext, config: &Config) -> Result<Manifest> {
                 .filter(col("strategy").eq(lit(s)))
                 .map_err(|e| Error::columnar("filtering seq2item by strategy", e))?;
         }
-        let dir = tmp.join(&name);
+        let dir = swap.tmp().join(&name);
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         let mut stream = super::plain_strings(df)?
@@ -129,18 +121,11 @@ pub async fn run(ctx: &JobContext, config: &Config) -> Result<Manifest> {
         temperature: config.jobs.training_temperature,
         datasets,
     };
-    std::fs::create_dir_all(&tmp)
-        .map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
     let json = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| Error::Internal(format!("encoding datasets.json: {e}")))?;
-    std::fs::write(tmp.join("datasets.json"), json)
+    std::fs::write(swap.tmp().join("datasets.json"), json)
         .map_err(|e| Error::io("writing datasets.json", e))?;
-    if dest.exists() {
-        std::fs::remove_dir_all(&dest)
-            .map_err(|e| Error::io(format!("removing {}", dest.display()), e))?;
-    }
-    std::fs::rename(&tmp, &dest)
-        .map_err(|e| Error::io(format!("moving {} into place", dest.display()), e))?;
+    swap.commit()?;
     Ok(manifest)
 }
 
@@ -163,81 +148,5 @@ pub fn assign_weights(datasets: &mut [Dataset], config: &Config) {
         for d in datasets.iter_mut() {
             d.weight /= total;
         }
-    }
-}
-
-fn has_parquet(dir: &Path) -> bool {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok())
-                .any(|e| e.path().extension().is_some_and(|x| x == "parquet"))
-        })
-        .unwrap_or(false)
-}
-
-/// Writes batches into `part-00000.parquet`, `part-00001.parquet`, ... of at most `max_rows` rows each.
-struct ShardWriter<'a> {
-    dir: &'a Path,
-    max_rows: usize,
-    current: Option<(ArrowWriter<File>, usize)>,
-    files: Vec<String>,
-    rows: u64,
-}
-
-impl<'a> ShardWriter<'a> {
-    fn new(dir: &'a Path, max_rows: usize) -> Self {
-        ShardWriter {
-            dir,
-            max_rows,
-            current: None,
-            files: Vec::new(),
-            rows: 0,
-        }
-    }
-
-    fn write(&mut self, batch: &arrow::array::RecordBatch) -> Result<()> {
-        let mut offset = 0;
-        while offset < batch.num_rows() {
-            if self.current.is_none() {
-                let name = format!("part-{:05}.parquet", self.files.len());
-                let path = self.dir.join(&name);
-                let file = File::create(&path)
-                    .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
-                let props = WriterProperties::builder()
-                    .set_compression(Compression::ZSTD(ZstdLevel::default()))
-                    .build();
-                let writer = ArrowWriter::try_new(file, batch.schema(), Some(props))
-                    .map_err(|e| Error::columnar(format!("starting {}", path.display()), e))?;
-                self.files.push(name);
-                self.current = Some((writer, 0));
-            }
-            let (writer, written) = self.current.as_mut().expect("opened above");
-            let take = (self.max_rows - *written).min(batch.num_rows() - offset);
-            writer
-                .write(&batch.slice(offset, take))
-                .map_err(|e| Error::columnar("writing a training shard", e))?;
-            *written += take;
-            offset += take;
-            self.rows += take as u64;
-            if *written == self.max_rows {
-                self.close()?;
-            }
-        }
-        Ok(())
-    }
-
-    fn close(&mut self) -> Result<()> {
-        if let Some((writer, _)) = self.current.take() {
-            writer
-                .close()
-                .map_err(|e| Error::columnar("closing a training shard", e))?;
-        }
-        Ok(())
-    }
-
-    fn finish(mut self) -> Result<(u64, Vec<String>)> {
-        self.close()?;
-        Ok((self.rows, self.files))
     }
 }
