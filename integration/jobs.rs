@@ -144,26 +144,10 @@ fn copairs_match_an_independent_computation() {
 
     let mut got: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
     for batch in harness::read_parquet_dir(&dir.path().join("exports/copairs"), false) {
-        let a = batch
-            .column_by_name("item_a")
-            .unwrap()
-            .as_string::<i32>()
-            .clone();
-        let b = batch
-            .column_by_name("item_b")
-            .unwrap()
-            .as_string::<i32>()
-            .clone();
-        let users = batch
-            .column_by_name("users")
-            .unwrap()
-            .as_primitive::<arrow::datatypes::Int64Type>()
-            .clone();
-        let co = batch
-            .column_by_name("co_events")
-            .unwrap()
-            .as_primitive::<arrow::datatypes::Int64Type>()
-            .clone();
+        let a = harness::strings(&batch, "item_a");
+        let b = harness::strings(&batch, "item_b");
+        let users = harness::primitives::<arrow::datatypes::Int64Type>(&batch, "users");
+        let co = harness::primitives::<arrow::datatypes::Int64Type>(&batch, "co_events");
         for i in 0..batch.num_rows() {
             got.insert(
                 (a.value(i).into(), b.value(i).into()),
@@ -487,7 +471,7 @@ fn seq2item_bin(dir: &Path) -> Command {
 fn read_samples(dir: &Path) -> BTreeMap<(String, String, String), Vec<String>> {
     let mut out = BTreeMap::new();
     for b in harness::read_parquet_dir(&dir.join("exports/seq2item"), true) {
-        let col = |n: &str| b.column_by_name(n).unwrap().as_string::<i32>().clone();
+        let col = |n: &str| harness::strings(&b, n);
         let (users, targets, strategies) = (col("user_id"), col("target_item"), col("strategy"));
         let queries = b
             .column_by_name("query_items")
@@ -661,21 +645,9 @@ fn seq2item_strategies_and_id2item_match_hand_worked_fixture() {
     );
     let mut neighbour_rows = 0;
     for b in harness::read_parquet_dir(&d.join("exports/id2item/i2i"), true) {
-        let items = b
-            .column_by_name("item_id")
-            .unwrap()
-            .as_string::<i32>()
-            .clone();
-        let nbrs = b
-            .column_by_name("neighbour")
-            .unwrap()
-            .as_string::<i32>()
-            .clone();
-        let cos = b
-            .column_by_name("cosine")
-            .unwrap()
-            .as_primitive::<arrow::datatypes::Float32Type>()
-            .clone();
+        let items = harness::strings(&b, "item_id");
+        let nbrs = harness::strings(&b, "neighbour");
+        let cos = harness::primitives::<arrow::datatypes::Float32Type>(&b, "cosine");
         for r in 0..b.num_rows() {
             let same = |x: &str| ["a1", "a2", "a3", "a4"].contains(&x);
             assert_eq!(same(items.value(r)), same(nbrs.value(r)));

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use arrow::array::AsArray;
 use harness::Broker;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -239,21 +238,9 @@ fn log_positions(dir: &Path) -> Vec<(String, i32, i64)> {
     };
     for topic in topics {
         for batch in harness::read_parquet_dir(&topic.unwrap().path(), true) {
-            let topic = batch
-                .column_by_name("topic")
-                .unwrap()
-                .as_string::<i32>()
-                .clone();
-            let part = batch
-                .column_by_name("partition")
-                .unwrap()
-                .as_primitive::<arrow::datatypes::Int32Type>()
-                .clone();
-            let off = batch
-                .column_by_name("offset")
-                .unwrap()
-                .as_primitive::<arrow::datatypes::Int64Type>()
-                .clone();
+            let topic = harness::strings(&batch, "topic");
+            let part = harness::primitives::<arrow::datatypes::Int32Type>(&batch, "partition");
+            let off = harness::primitives::<arrow::datatypes::Int64Type>(&batch, "offset");
             for i in 0..batch.num_rows() {
                 out.push((topic.value(i).to_string(), part.value(i), off.value(i)));
             }

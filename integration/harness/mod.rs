@@ -233,6 +233,29 @@ pub fn read_parquet_dir(dir: &Path, strict: bool) -> Vec<arrow::array::RecordBat
     out
 }
 
+/// A named Utf8 column of a batch read back from Parquet (panics, naming it, when absent or not Utf8).
+pub fn strings(batch: &arrow::array::RecordBatch, name: &str) -> arrow::array::StringArray {
+    use arrow::array::AsArray;
+    batch
+        .column_by_name(name)
+        .unwrap_or_else(|| panic!("no column {name}"))
+        .as_string::<i32>()
+        .clone()
+}
+
+/// A named primitive column (e.g. `Int64Type`) of a batch read back from Parquet.
+pub fn primitives<T: arrow::datatypes::ArrowPrimitiveType>(
+    batch: &arrow::array::RecordBatch,
+    name: &str,
+) -> arrow::array::PrimitiveArray<T> {
+    use arrow::array::AsArray;
+    batch
+        .column_by_name(name)
+        .unwrap_or_else(|| panic!("no column {name}"))
+        .as_primitive::<T>()
+        .clone()
+}
+
 /// A model folder at `dest/model` with the default sail-lite model's files and its manifest passed through
 /// `edit` (tests of manifest checks and model-version upgrades).
 pub fn edited_model(dest: &Path, edit: impl Fn(&str) -> String) -> PathBuf {
