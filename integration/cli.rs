@@ -71,6 +71,7 @@ fn demo_replays_the_sample_prints_the_store_and_serves_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("state/store");
     let port = free_port();
+    let serve_port = free_port();
     let run = || {
         bin()
             .arg("demo")
@@ -84,6 +85,10 @@ fn demo_replays_the_sample_prints_the_store_and_serves_metrics() {
                 dir.path().join("state/exports"),
             )
             .env("SAILSTREAM__METRICS__LISTEN", format!("127.0.0.1:{port}"))
+            .env(
+                "SAILSTREAM__SERVE__LISTEN",
+                format!("127.0.0.1:{serve_port}"),
+            )
             .output()
             .unwrap()
     };
@@ -110,6 +115,13 @@ fn demo_replays_the_sample_prints_the_store_and_serves_metrics() {
         "Semantic IDs (coarse to fine):",
         "Interests of u",
         "datasets.json",
+        // The lookup API over the demo's store: an embedding, a user's interests, match features.
+        "Lookup API at http://127.0.0.1:",
+        "/v1/items/",
+        "semantic IDs [",
+        "positives used, clusters by medoid",
+        "candidate      mean_cos",
+        "no-such-item  (found: false",
     ] {
         assert!(stdout.contains(want), "{want}:\n{stdout}");
     }

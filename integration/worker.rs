@@ -804,13 +804,44 @@ async fn worker_keeps_interests_current_and_runs_the_job_schedule() {
     assert!(w.terminate().success());
     assert!(!dir.path().join("exports").exists(), "no job ran yet");
 
-    // Then with the schedule: every job, ending with the training export.
+    // Then with the schedule: every job, ending with the training export; and the lookup API in the worker.
+    let serve_addr = format!("127.0.0.1:{}", free_port());
     let mut env2 = env.to_vec();
     env2.push(("SAILSTREAM__JOBS__SCHEDULE_INTERVAL_S", "1"));
+    env2.push(("SAILSTREAM__SERVE__IN_WORKER", "true"));
+    env2.push(("SAILSTREAM__SERVE__LISTEN", &serve_addr));
     let mut w = Worker::start_with(&broker, dir.path(), free_port(), &env2);
     let manifest = dir.path().join("exports/training/datasets.json");
     w.wait_until("a scheduled job run", Duration::from_secs(300), |_| {
         manifest.exists()
+    });
+    tokio::task::block_in_place(|| {
+        let mut client = sailstream::serve::client::Client::new(serve_addr.parse().unwrap());
+        let ready = client.get("/readyz").unwrap().json().unwrap();
+        assert_eq!(ready["store_access"], "primary", "{ready}");
+        let body = client
+            .post_json(
+                "/v1/match",
+                r#"{"user_id": "u2", "candidates": ["t2", "t0", "nope"]}"#,
+            )
+            .unwrap()
+            .json()
+            .unwrap();
+        assert_eq!(body["user_found"], true, "{body}");
+        assert_eq!(body["recent_positives_used"], 3, "{body}");
+        // t2 is one of u2's three positives: it is the nearest of them to itself.
+        let t2 = &body["candidates"][0]["features"];
+        assert!(
+            (t2["recent_max_cos"].as_f64().unwrap() - 1.0).abs() < 1e-5,
+            "{body}"
+        );
+        assert_eq!(body["candidates"][2]["found"], false);
+        // The worker's own metrics (its scheduled job runs), on the lookup port too.
+        let metrics = client.get("/metrics").unwrap().text();
+        assert!(
+            metrics.contains("sailstream_job_runs_total{job=\"training\",outcome=\"ok\"}"),
+            "{metrics}"
+        );
     });
     assert!(w.terminate().success());
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what sailstream needs and is missing, nothing else. Idempotent: a second run takes seconds.
 #
-#   apt packages   libclang-dev (bindgen for the vendored RocksDB build); python3-torch, python3-venv (model export)
+#   apt packages   libclang-dev (bindgen for the vendored RocksDB build); python3-torch, python3-venv (model export);
+#                  redis-server (the serving benchmark's floor: a Redis GET of the same bytes; not started here)
 #   ONNX Runtime   libonnxruntime.so from the PyPI wheel, into $SAILSTREAM_HOME/onnxruntime-<version>
 #   Tansu broker   Kafka-wire-compatible broker for tests and `--kafka` runs, `cargo install`ed into
 #                  $SAILSTREAM_TANSU_ROOT (~20 min of CPU the first time on 2 cores)
@@ -19,7 +20,7 @@ ORT_VERSION=1.31.1
 TANSU_VERSION=0.6.0
 SAILSTREAM_HOME=${SAILSTREAM_HOME:-$HOME/.local/share/sailstream}
 TANSU_ROOT=${SAILSTREAM_TANSU_ROOT:-$HOME/.local/tansu}
-APT_PACKAGES=(libclang-dev python3-torch python3-venv)
+APT_PACKAGES=(libclang-dev python3-torch python3-venv redis-server)
 
 step() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }

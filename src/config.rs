@@ -36,6 +36,22 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub embed: EmbedConfig,
     pub jobs: JobsConfig,
+    pub serve: ServeConfig,
+}
+
+/// The lookup API (`sailstream serve`, or the worker with `serve.in_worker`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    pub listen: String,
+    pub in_worker: bool,
+    pub bearer_token: String,
+    pub catch_up_interval_ms: u64,
+    pub secondary_path: PathBuf,
+    pub max_batch: usize,
+    pub max_body_bytes: usize,
+    pub recent_positives: usize,
+    pub match_threshold: f32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -594,6 +610,50 @@ impl Config {
             .listen
             .parse::<SocketAddr>()
             .map_err(|e| Error::config("metrics.listen", format!("not an ip:port address: {e}")))?;
+        let serve = &self.serve;
+        serve
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|e| Error::config("serve.listen", format!("not an ip:port address: {e}")))?;
+        if serve.in_worker && serve.listen == self.metrics.listen {
+            return Err(Error::config(
+                "serve.listen",
+                "must differ from metrics.listen (the lookup API serves /metrics itself)",
+            ));
+        }
+        if !serve.bearer_token.is_empty()
+            && (serve.bearer_token.len() < 16 || !serve.bearer_token.is_ascii())
+        {
+            return Err(Error::config(
+                "serve.bearer_token",
+                "must be empty (no authentication) or at least 16 ASCII characters",
+            ));
+        }
+        range(
+            "serve.catch_up_interval_ms",
+            serve.catch_up_interval_ms,
+            10,
+            3_600_000,
+        )?;
+        range("serve.max_batch", size(serve.max_batch), 1, 100_000)?;
+        range(
+            "serve.max_body_bytes",
+            size(serve.max_body_bytes),
+            1024,
+            256 << 20,
+        )?;
+        range(
+            "serve.recent_positives",
+            size(serve.recent_positives),
+            1,
+            size(self.store.positives_cap),
+        )?;
+        if !(-1.0..=1.0).contains(&serve.match_threshold) {
+            return Err(Error::config(
+                "serve.match_threshold",
+                format!("a cosine, in [-1, 1]; got {}", serve.match_threshold),
+            ));
+        }
         if !["text", "json"].contains(&self.log.format.as_str()) {
             return Err(Error::config(
                 "log.format",
@@ -607,6 +667,11 @@ impl Config {
     /// The effective config as TOML, for `sailstream config show`.
     pub fn to_toml(&self) -> Result<String> {
         toml::to_string_pretty(self).map_err(|e| Error::Internal(format!("config to toml: {e}")))
+    }
+
+    pub fn serve_addr(&self) -> SocketAddr {
+        // validate() has checked it parses.
+        self.serve.listen.parse().expect("serve.listen validated")
     }
 
     pub fn metrics_addr(&self) -> SocketAddr {

@@ -2,7 +2,8 @@
 //!
 //! Modules follow the data flow: [`ingest`] reads events (Kafka or files) and folds them into the online
 //! [`store`] (RocksDB) under the contracts in [`schema`]; [`embed`] turns items into vectors with an ONNX model
-//! (located by [`runtime`]).
+//! (located by [`runtime`]); [`jobs`] build teacher targets, interests and semantic IDs on DataFusion; [`serve`]
+//! answers rankers' lookups over HTTP.
 //! [`config`] layers settings, [`error`] says whose fault a failure is, [`metrics`] names what is measured.
 
 pub mod config;
@@ -13,6 +14,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod runtime;
 pub mod schema;
+pub mod serve;
 pub mod store;
 
 pub use config::Config;

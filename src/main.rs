@@ -25,11 +25,23 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Replay the bundled sample (the configured ingest.files) into the store and print what was stored.
-    Demo,
+    /// Replay the bundled sample (the configured ingest.files) into the store, embed it, run every job, start
+    /// the lookup API and print what was stored, produced and served.
+    Demo {
+        /// Keep the lookup API running on serve.listen after the demo, until Ctrl-C.
+        #[arg(long)]
+        keep_serving: bool,
+    },
     /// Consume sail.items, sail.behaviours and sail.id_embeddings from Kafka into the store and the offline
     /// log until SIGTERM/SIGINT (then drain, flush and exit 0). Serves /metrics.
     Worker,
+    /// Serve the lookup API (item embeddings, user interests, match features; schemas/openapi.json) on
+    /// serve.listen, following the live store as a RocksDB secondary instance, until SIGTERM/SIGINT.
+    Serve {
+        /// Serve a checkpoint (`sailstream store checkpoint`) or other static copy instead of the live store.
+        #[arg(long, value_name = "DIR")]
+        checkpoint: Option<PathBuf>,
+    },
     /// Replay files into the store; with no --file, the configured ingest.files. Resumes where it stopped.
     Replay {
         /// A file to replay, as PATH:TOPIC (format from the extension: .jsonl or .parquet). Repeatable.
@@ -133,8 +145,9 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match args.command {
-            Command::Demo => cli::demo(&config).await,
+            Command::Demo { keep_serving } => cli::demo(&config, keep_serving).await,
             Command::Worker => cli::worker(&config).await,
+            Command::Serve { checkpoint } => cli::serve(&config, checkpoint).await,
             Command::Replay { files, dlq } => cli::replay(&config, &files, dlq).await.map(|_| ()),
             Command::Embed { backfill } => cli::embed(&config, backfill).map(|_| ()),
             Command::Nearest { item_id, k } => cli::nearest(&config, &item_id, k),

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 
 use metrics_exporter_prometheus::PrometheusBuilder;
+pub use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::error::{Error, Result};
 
@@ -59,16 +60,50 @@ pub const JOB_SECONDS: &str = "sailstream_job_seconds";
 /// Counter, no labels. Users whose interests the stream recomputed.
 pub const INTERESTS_UPDATED: &str = "sailstream_interests_updated_total";
 
-/// Starts the Prometheus scrape endpoint (`GET /metrics` on `addr`) and installs the global recorder.
-/// Must be called inside a Tokio runtime.
-pub fn install_prometheus(addr: SocketAddr) -> Result<()> {
-    PrometheusBuilder::new()
+/// Counter, labels: route (the matched route template, e.g. `/v1/match`, or `unmatched`), status (HTTP code).
+/// Lookup API requests answered.
+pub const SERVE_REQUESTS: &str = "sailstream_serve_requests_total";
+/// Histogram, labels: route. Seconds from request to response, as the server sees it.
+pub const SERVE_SECONDS: &str = "sailstream_serve_request_seconds";
+/// Counter, labels: outcome (ok | error). Catch-ups of the lookup server's secondary store with the writer.
+pub const SERVE_CATCH_UPS: &str = "sailstream_serve_catch_ups_total";
+/// Gauge, no labels. Seconds since the lookup server's view of the store last caught up with the writer.
+pub const SERVE_STALENESS: &str = "sailstream_serve_staleness_seconds";
+
+/// Starts the Prometheus scrape endpoint (`GET /metrics` on `addr`) and installs the global recorder. Returns a
+/// handle that renders the same metrics (the lookup API serves them on its own port too). Must be called
+/// inside a Tokio runtime.
+pub fn install_prometheus(addr: SocketAddr) -> Result<PrometheusHandle> {
+    let fail = |e: &dyn std::fmt::Display| {
+        Error::Metrics(format!("starting Prometheus endpoint on {addr}: {e}"))
+    };
+    let (recorder, exporter) = PrometheusBuilder::new()
         .with_http_listener(addr)
-        .install()
-        .map_err(|e| Error::Metrics(format!("starting Prometheus endpoint on {addr}: {e}")))?;
+        .build()
+        .map_err(|e| fail(&e))?;
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder).map_err(|e| fail(&e))?;
+    tokio::spawn(exporter);
     describe();
     tracing::info!(%addr, "Prometheus metrics endpoint listening");
-    Ok(())
+    Ok(handle)
+}
+
+/// Installs the global recorder without a listener of its own: the caller serves [`PrometheusHandle::render`].
+/// Must be called inside a Tokio runtime (it spawns the recorder's upkeep).
+pub fn install_recorder() -> Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| Error::Metrics(format!("installing the metrics recorder: {e}")))?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
+    describe();
+    Ok(handle)
 }
 
 fn describe() {
@@ -111,5 +146,18 @@ fn describe() {
     describe_counter!(
         INTERESTS_UPDATED,
         "Users whose interests the stream recomputed"
+    );
+    describe_counter!(
+        SERVE_REQUESTS,
+        "Lookup API requests answered, by route and status"
+    );
+    describe_histogram!(SERVE_SECONDS, "Seconds to answer one lookup API request");
+    describe_counter!(
+        SERVE_CATCH_UPS,
+        "Catch-ups of the lookup server's store view"
+    );
+    metrics::describe_gauge!(
+        SERVE_STALENESS,
+        "Seconds since the lookup server's store view caught up"
     );
 }

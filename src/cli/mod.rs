@@ -262,14 +262,44 @@ pub async fn job_all(config: &Config) -> Result<()> {
 }
 
 pub async fn worker(config: &Config) -> Result<()> {
-    if config.metrics.enabled {
-        sailstream::metrics::install_prometheus(config.metrics_addr())?;
-    }
-    let report = sailstream::ingest::worker::run(
+    let prometheus = if config.metrics.enabled {
+        Some(sailstream::metrics::install_prometheus(
+            config.metrics_addr(),
+        )?)
+    } else {
+        None
+    };
+    let store = Arc::new(Store::open(&config.store.path)?);
+    // With serve.in_worker the lookup API shares the store (snapshot reads) and stops with the worker.
+    let (stop_serving, serving) = if config.serve.in_worker {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(sailstream::serve::run(
+            config.clone(),
+            sailstream::serve::Source::Shared(store.clone()),
+            prometheus,
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        (Some(tx), Some(task))
+    } else {
+        (None, None)
+    };
+    let report = sailstream::ingest::worker::run_on(
         Arc::new(config.clone()),
+        store,
         sailstream::ingest::worker::termination_signal(),
     )
-    .await?;
+    .await;
+    if let (Some(tx), Some(task)) = (stop_serving, serving) {
+        let _ = tx.send(());
+        match task.await {
+            Ok(Err(e)) => tracing::error!(error = %e, "lookup API stopped with an error"),
+            Err(e) => tracing::error!(error = %e, "lookup API task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
+    let report = report?;
     eprintln!(
         "worker stopped: {} records, {} applied, {} dead-lettered, {} already applied",
         report.records, report.applied, report.dead_lettered, report.duplicates
@@ -277,7 +307,29 @@ pub async fn worker(config: &Config) -> Result<()> {
     Ok(())
 }
 
-pub async fn demo(config: &Config) -> Result<()> {
+/// `sailstream serve`: the lookup API on its own, following the live store (or over a checkpoint).
+pub async fn serve(config: &Config, checkpoint: Option<PathBuf>) -> Result<()> {
+    let prometheus = if config.metrics.enabled {
+        Some(sailstream::metrics::install_recorder()?)
+    } else {
+        None
+    };
+    let source = match checkpoint {
+        Some(path) => sailstream::serve::Source::Checkpoint(path),
+        None => sailstream::serve::Source::Follow,
+    };
+    sailstream::serve::run(
+        config.clone(),
+        source,
+        prometheus,
+        sailstream::ingest::worker::termination_signal(),
+    )
+    .await?;
+    eprintln!("lookup API stopped");
+    Ok(())
+}
+
+pub async fn demo(config: &Config, keep_serving: bool) -> Result<()> {
     if config.metrics.enabled
         && let Err(e) = sailstream::metrics::install_prometheus(config.metrics_addr())
     {
@@ -310,9 +362,179 @@ pub async fn demo(config: &Config) -> Result<()> {
             }
         }
         print_features(&Store::open_read_only(&config.store.path)?, config)?;
+        demo_lookups(config, keep_serving).await?;
     }
     if config.metrics.enabled {
         print_metrics(config);
+    }
+    Ok(())
+}
+
+/// Starts the lookup API over the demo's store and prints what a ranker would get from it.
+async fn demo_lookups(config: &Config, keep_serving: bool) -> Result<()> {
+    use sailstream::serve::Source;
+
+    let store = Arc::new(Store::open(&config.store.path)?);
+    let (user, candidates) = {
+        let user = store.ids(cf::USER_INTERESTS, 1)?.into_iter().next();
+        let mut items = store.ids(cf::ITEM_EMBEDDINGS, 1000)?;
+        // A spread of the catalogue, plus one id nobody knows (to show the flag instead of an error).
+        let step = (items.len() / 5).max(1);
+        items = items.into_iter().step_by(step).take(5).collect();
+        items.push("no-such-item".into());
+        (user, items)
+    };
+    let Some(user) = user else {
+        return Ok(());
+    };
+    let addr = config.serve_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(sailstream::serve::run(
+        config.clone(),
+        Source::Shared(store),
+        None,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    println!(
+        "
+Lookup API at http://{addr} (schemas/openapi.json):"
+    );
+    let printed = tokio::task::spawn_blocking(move || print_lookups(addr, &user, &candidates))
+        .await
+        .map_err(|e| Error::Internal(format!("demo lookups: {e}")))?;
+    if let Err(e) = printed {
+        // The server may not have started (port taken): say so, stop it, and go on with the demo.
+        eprintln!("warning: lookups failed: {e}");
+    } else if keep_serving {
+        println!("  serving until Ctrl-C (try the curl commands above)");
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    let _ = stop.send(());
+    match server.await {
+        Ok(Err(e)) => eprintln!("warning: lookup API: {e}"),
+        Err(e) => eprintln!("warning: lookup API task: {e}"),
+        Ok(Ok(())) => {}
+    }
+    Ok(())
+}
+
+fn print_lookups(addr: std::net::SocketAddr, user: &str, candidates: &[String]) -> Result<()> {
+    use sailstream::serve::client::Client;
+
+    let mut client = Client::new(addr);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.get("/healthz").is_err() {
+        if Instant::now() > deadline {
+            return Err(Error::invalid(
+                "serve.listen",
+                format!("the lookup API did not start on {addr} (port in use?)"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let item = &candidates[0];
+    let path = format!("/v1/items/{item}/embedding?dim=384");
+    let body = client.get(&path)?.json()?;
+    let head: Vec<String> = body["vector"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .take(4)
+                .map(|x| format!("{:.3}", x.as_f64().unwrap_or(0.0)))
+                .collect()
+        })
+        .unwrap_or_default();
+    println!("  curl -s http://{addr}{path}");
+    println!(
+        "    {item}: {} {}, dim {}, vector [{}, ...], semantic IDs {}",
+        body["model"].as_str().unwrap_or("?"),
+        body["model_version"].as_str().unwrap_or("?"),
+        body["dim"],
+        head.join(", "),
+        body["semantic_ids"]
+    );
+    let path = format!("/v1/users/{user}/interests?recent=3");
+    let body = client.get(&path)?.json()?;
+    println!("  curl -s http://{addr}{path}");
+    let recent: Vec<&str> = body["recent_positives"]
+        .as_array()
+        .map(|r| r.iter().filter_map(|p| p["item_id"].as_str()).collect())
+        .unwrap_or_default();
+    let clusters: Vec<String> = body["clusters"]
+        .as_array()
+        .map(|c| {
+            c.iter()
+                .map(|c| {
+                    format!(
+                        "{} ({:.2})",
+                        c["medoid_item_id"].as_str().unwrap_or("?"),
+                        c["weight"].as_f64().unwrap_or(0.0)
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    println!(
+        "    {user}: {} positives used, clusters by medoid (weight): {}; recent positives: {}",
+        body["positives_used"],
+        clusters.join(", "),
+        recent.join(", ")
+    );
+    let request = serde_json::json!({"user_id": user, "candidates": candidates}).to_string();
+    println!("  curl -s http://{addr}/v1/match -H 'content-type: application/json' -d '{request}'");
+    let body = client.post_json("/v1/match", &request)?.json()?;
+    println!(
+        "    {:<13} {:>9} {:>9} {:>8} {:>8} {:>6} {:>11} {:>9} {:>9}",
+        "candidate",
+        "mean_cos",
+        "clust_max",
+        "rec_max",
+        "rec_top3",
+        "above",
+        "sid_overlap",
+        "seq2item",
+        "item2vec"
+    );
+    for c in body["candidates"].as_array().into_iter().flatten() {
+        let f = &c["features"];
+        let num = |name: &str| f[name].as_f64().unwrap_or(0.0);
+        if c["found"] != true {
+            println!(
+                "    {:<13} (found: false: no embedding stored; features are the defaults)",
+                c["item_id"].as_str().unwrap_or("?")
+            );
+            continue;
+        }
+        let overlap: Vec<String> = f["sid_prefix_overlap"]
+            .as_array()
+            .map(|o| {
+                o.iter()
+                    .map(|x| format!("{:.2}", x.as_f64().unwrap_or(0.0)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let teacher = if f["has_seq2item_teacher"] == true {
+            format!("{:.3}", num("seq2item_teacher_cos"))
+        } else {
+            "-".to_string()
+        };
+        let item2vec = f["id2item_teacher_cos"]["item2vec"]
+            .as_f64()
+            .map_or("-".to_string(), |v| format!("{v:.3}"));
+        println!(
+            "    {:<13} {:>9.3} {:>9.3} {:>8.3} {:>8.3} {:>6} {:>11} {:>9} {:>9}",
+            c["item_id"].as_str().unwrap_or("?"),
+            num("interest_mean_cos"),
+            num("interest_cluster_weighted_max"),
+            num("recent_max_cos"),
+            num("recent_top3_mean_cos"),
+            f["recent_count_above"].as_u64().unwrap_or(0),
+            overlap.join("/"),
+            teacher,
+            item2vec
+        );
     }
     Ok(())
 }

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::ingest::now_ms;
 use crate::metrics as m;
 use crate::schema::{Item, ItemEmbedding};
-use crate::store::Store;
+use crate::store::{ModelInfo, Store};
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct EmbedReport {
@@ -101,6 +101,17 @@ impl EmbedStage {
     /// Stores the vectors and clears exactly the pending entries they answer, in one atomic batch.
     pub fn commit(&self, computed: ComputedBatch) -> Result<()> {
         let mut batch = self.store.batch();
+        if !computed.embeddings.is_empty() {
+            // With the vectors, atomically: a reader never finds a vector whose model it cannot describe.
+            let manifest = self.embedder.manifest();
+            batch.put_model_info(&ModelInfo {
+                name: manifest.model.name.clone(),
+                version: manifest.model.version.clone(),
+                dim: manifest.output.dim,
+                matryoshka_prefixes: manifest.output.matryoshka_prefixes.clone(),
+                normalized: manifest.output.normalized,
+            })?;
+        }
         for e in &computed.embeddings {
             batch.put_item_embedding(e)?;
             if !e.semantic_ids.is_empty() {

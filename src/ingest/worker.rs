@@ -26,6 +26,15 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<BatchReport> {
     let store = Arc::new(Store::open(&config.store.path)?);
+    run_on(config, store, shutdown).await
+}
+
+/// [`run`] over a store the caller opened (the worker's lookup API shares it).
+pub async fn run_on(
+    config: Arc<Config>,
+    store: Arc<Store>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<BatchReport> {
     let producer = dlq_producer(&config)?;
     // The model is loaded before consuming anything: a missing or mismatched model stops the start, loudly.
     let mut embed = if config.embed.enabled {

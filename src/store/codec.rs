@@ -7,6 +7,7 @@
 //! | column family    | key (v1)                                   | value (v1)                                    |
 //! |------------------|--------------------------------------------|-----------------------------------------------|
 //! | `meta`           | ascii name                                 | raw (format_version: u32 BE)                  |
+//! | `meta`           | "model" · 00 · name · 00 · version         | 01 · JSON of [`ModelInfo`]                    |
 //! | `offsets`        | 01 · topic · 00 · partition i32 BE         | 01 · next offset i64 LE                       |
 //! | `items`          | 01 · item_id                               | 01 · JSON of [`Item`]                         |
 //! | `item_stats`     | 01 · item_id · 00 · stream · 00 · part i32 BE | 01 · [`ItemStats`] (5 × 8 bytes), one partial per source partition |
@@ -423,6 +424,38 @@ pub fn decode_interests(value: &[u8]) -> Result<UserInterests> {
         mean,
         clusters,
     })
+}
+
+/// What a model's vectors are, recorded in `meta` by the embed stage so that readers without the model files
+/// (the lookup server on a replica host) know the dimension and the valid Matryoshka prefixes.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub version: String,
+    pub dim: usize,
+    pub matryoshka_prefixes: Vec<usize>,
+    pub normalized: bool,
+}
+
+pub const MODEL_INFO_PREFIX: &[u8] = b"model\x00";
+
+pub fn model_info_key(name: &str, version: &str) -> Vec<u8> {
+    let mut k = MODEL_INFO_PREFIX.to_vec();
+    k.extend_from_slice(name.as_bytes());
+    k.push(0);
+    k.extend_from_slice(version.as_bytes());
+    k
+}
+
+pub fn encode_model_info(info: &ModelInfo) -> Vec<u8> {
+    let mut v = vec![VALUE_V1];
+    v.extend_from_slice(&serde_json::to_vec(info).expect("plain struct serialises"));
+    v
+}
+
+pub fn decode_model_info(value: &[u8]) -> Result<ModelInfo> {
+    serde_json::from_slice(versioned(value, "model info")?)
+        .map_err(|e| corrupt(&format!("model info: {e}")))
 }
 
 /// The one `semantic_ids` key that is not an item: 0x00 cannot start an id key (those start with 0x01).

@@ -5,17 +5,21 @@
 //! stored. Key and value layouts are in [`codec`].
 
 pub mod codec;
+mod view;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 
 use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch};
 
 use crate::error::{Error, Result};
 use crate::schema::{IdEmbedding, Item, ItemEmbedding};
 pub use codec::{
-    Codebooks, HistoryEntry, InterestCluster, ItemStats, LogRow, TeacherTarget, UserInterests,
+    Codebooks, HistoryEntry, InterestCluster, ItemStats, LogRow, ModelInfo, TeacherTarget,
+    UserInterests,
 };
+pub use view::StoreView;
 
 /// On-disk format this build writes. Bumped when a layout changes incompatibly.
 pub const FORMAT_VERSION: u32 = 1;
@@ -63,14 +67,28 @@ pub mod cf {
 pub struct Store {
     db: DB,
     path: PathBuf,
-    read_only: bool,
+    access: Access,
+    /// Secondary instances only: reads hold it shared for a whole request, catch-up holds it exclusively, so a
+    /// request never sees half of a catch-up (RocksDB offers no snapshots on secondaries).
+    catch_up: RwLock<()>,
+}
+
+/// How this process holds the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The one writer (worker, replay, jobs). Reads through [`Store::view`] use a RocksDB snapshot.
+    Primary,
+    /// A static view: a checkpoint, or the live store as of the moment it was opened.
+    ReadOnly,
+    /// Follows a live primary from another process; [`Store::catch_up`] applies what the primary wrote since.
+    Secondary,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
             .field("path", &self.path)
-            .field("read_only", &self.read_only)
+            .field("access", &self.access)
             .finish()
     }
 }
@@ -112,7 +130,8 @@ impl Store {
         let store = Store {
             db,
             path,
-            read_only: false,
+            access: Access::Primary,
+            catch_up: RwLock::new(()),
         };
         store.check_format(true)?;
         Ok(store)
@@ -137,10 +156,92 @@ impl Store {
         let store = Store {
             db,
             path,
-            read_only: true,
+            access: Access::ReadOnly,
+            catch_up: RwLock::new(()),
         };
         store.check_format(false)?;
         Ok(store)
+    }
+
+    /// Opens a live store as a RocksDB secondary instance: it reads everything the primary (a running worker)
+    /// has written, flushed or not, as of the last [`Store::catch_up`]. `scratch` is a directory of its own for
+    /// the instance's info log; several secondaries need several directories.
+    pub fn open_secondary(path: impl AsRef<Path>, scratch: impl AsRef<Path>) -> Result<Store> {
+        let path = path.as_ref().to_path_buf();
+        let scratch = scratch.as_ref();
+        if !path.join("CURRENT").exists() {
+            return Err(Error::invalid(
+                "store path",
+                format!(
+                    "{} is not a sailstream store (no CURRENT file); start the worker or a replay first",
+                    path.display()
+                ),
+            ));
+        }
+        std::fs::create_dir_all(scratch).map_err(|e| {
+            Error::io(
+                format!("creating secondary scratch directory {}", scratch.display()),
+                e,
+            )
+        })?;
+        let mut opts = db_options();
+        // Secondaries must keep every table file open: the primary may delete a file after compaction while a
+        // read still needs it.
+        opts.set_max_open_files(-1);
+        let names = Self::all_cf_names(&opts, &path);
+        let db = DB::open_cf_as_secondary(&opts, path.as_path(), scratch, &names)
+            .map_err(|e| open_error(&path, e))?;
+        let store = Store {
+            db,
+            path,
+            access: Access::Secondary,
+            catch_up: RwLock::new(()),
+        };
+        store.check_format(false)?;
+        Ok(store)
+    }
+
+    pub fn access(&self) -> Access {
+        self.access
+    }
+
+    /// Secondary instances: applies what the primary wrote since the last call (whole write batches only, so
+    /// state and offsets stay together). Waits for in-flight [`StoreView`]s. A no-op for the other modes.
+    pub fn catch_up(&self) -> Result<()> {
+        if self.access != Access::Secondary {
+            return Ok(());
+        }
+        let _exclusive = self
+            .catch_up
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.db
+            .try_catch_up_with_primary()
+            .map_err(|e| Error::rocks("catching up with the primary", e))
+    }
+
+    /// A consistent view for a group of reads (one lookup request): a snapshot on the primary, the catch-up lock
+    /// on a secondary, the store itself when read-only.
+    pub fn view(&self) -> StoreView<'_> {
+        StoreView::new(self)
+    }
+
+    /// Every model version that has written embeddings into this store.
+    pub fn models(&self) -> Result<Vec<ModelInfo>> {
+        let prefix = codec::MODEL_INFO_PREFIX;
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(
+            self.cf(cf::META)?,
+            IteratorMode::From(prefix, rocksdb::Direction::Forward),
+        );
+        for entry in iter {
+            let (k, v) = entry.map_err(|e| Error::rocks("reading model registry", e))?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push(codec::decode_model_info(&v)?);
+        }
+        Ok(out)
     }
 
     /// Ours plus any family a newer build added (RocksDB refuses to open without naming them all).
@@ -321,21 +422,7 @@ impl Store {
 
     /// Every teacher target of one item (`seq2item`, `id:<space>`, ...), by kind.
     pub fn teacher_targets(&self, item_id: &str) -> Result<Vec<TeacherTarget>> {
-        let prefix = codec::id_scope_prefix(item_id);
-        let mut out = Vec::new();
-        let iter = self.db.iterator_cf(
-            self.cf(cf::TEACHER_TARGETS)?,
-            IteratorMode::From(&prefix, rocksdb::Direction::Forward),
-        );
-        for entry in iter {
-            let (k, v) = entry.map_err(|e| Error::rocks("reading teacher targets", e))?;
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            let (_, kind) = codec::decode_id_pair_key(&k)?;
-            out.push(codec::decode_teacher(kind, &v)?);
-        }
-        Ok(out)
+        self.view().teacher_targets(item_id)
     }
 
     /// Calls `visit(item_id, target)` for every stored teacher target, in key order, until it returns false.
@@ -713,6 +800,14 @@ impl StateBatch<'_> {
         )
     }
 
+    pub fn put_model_info(&mut self, info: &ModelInfo) -> Result<()> {
+        self.put(
+            cf::META,
+            &codec::model_info_key(&info.name, &info.version),
+            &codec::encode_model_info(info),
+        )
+    }
+
     pub fn put_codebooks(&mut self, c: &Codebooks) -> Result<()> {
         self.put(
             cf::SEMANTIC_IDS,
@@ -775,7 +870,7 @@ impl StateBatch<'_> {
 
     /// Writes everything at once, durably (WAL synced), or nothing.
     pub fn commit(self) -> Result<()> {
-        if self.store.read_only {
+        if self.store.access != Access::Primary {
             return Err(Error::invalid("store", "opened read-only"));
         }
         let mut opts = rocksdb::WriteOptions::default();

@@ -1,0 +1,367 @@
+//! The handlers: validate the request, read one consistent view of the store, shape the answer.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+
+use super::api::{
+    CandidateBody, EmbeddingQuery, EmbeddingsRequest, EmbeddingsResponse, InterestClusterBody,
+    InterestsQuery, InterestsResponse, ItemEmbeddingBody, MatchRequest, MatchResponse,
+    RecentPositive,
+};
+use super::features::{self, CandidateSide, RecentItem, UserSide};
+use super::{ApiError, Catalog, ServeState};
+use crate::schema::ItemEmbedding;
+use crate::store::{HistoryEntry, StoreView, TeacherTarget};
+
+type Answer<T> = Result<Json<T>, ApiError>;
+
+/// Teacher-target kinds: `seq2item`, and `id:<space>` per ID space.
+const SEQ2ITEM_KIND: &str = "seq2item";
+const ID_KIND_PREFIX: &str = "id:";
+
+fn check_id(state: &ServeState, field: &str, id: &str) -> Result<(), ApiError> {
+    crate::schema::check::id(field, id, state.config.limits.max_id_bytes)
+        .map_err(|e| ApiError::bad_request(format!("{}: {}", e.field, e.reason)))
+}
+
+fn check_batch(state: &ServeState, field: &str, n: usize) -> Result<(), ApiError> {
+    let max = state.config.serve.max_batch;
+    if n > max {
+        return Err(ApiError {
+            status: axum::http::StatusCode::BAD_REQUEST,
+            code: "batch_too_large",
+            message: format!("{field}: {n} ids, more than serve.max_batch = {max}"),
+        });
+    }
+    Ok(())
+}
+
+/// A requested prefix must be the full dimension or a Matryoshka prefix of some stored model.
+fn check_dim(catalog: &Catalog, dim: Option<usize>) -> Result<(), ApiError> {
+    let Some(dim) = dim else { return Ok(()) };
+    if catalog
+        .models
+        .iter()
+        .any(|m| m.dim == dim || m.matryoshka_prefixes.contains(&dim))
+    {
+        return Ok(());
+    }
+    let valid: Vec<String> = catalog
+        .models
+        .iter()
+        .map(|m| {
+            format!(
+                "{} {}: {:?} (full: {})",
+                m.name, m.version, m.matryoshka_prefixes, m.dim
+            )
+        })
+        .collect();
+    Err(ApiError::bad_request(format!(
+        "dim: {dim} is not a dimension any stored model declares; valid: {}",
+        if valid.is_empty() {
+            "none yet (no embeddings stored)".to_string()
+        } else {
+            valid.join("; ")
+        }
+    )))
+}
+
+/// The stored vector, or the requested prefix of it renormalised (when the item's model declares it).
+fn embedding_body(
+    catalog: &Catalog,
+    e: ItemEmbedding,
+    codes: Option<(String, Vec<u32>)>,
+    dim: Option<usize>,
+) -> ItemEmbeddingBody {
+    let full = e.vector.len();
+    let (vector, problem) = match dim {
+        None => (Some(e.vector), None),
+        Some(d) if d == full => (Some(e.vector), None),
+        Some(d) => {
+            let declared = catalog.models.iter().any(|m| {
+                m.name == e.model
+                    && m.version == e.model_version
+                    && m.matryoshka_prefixes.contains(&d)
+            });
+            if declared && d < full {
+                (Some(features::normalized(&e.vector[..d])), None)
+            } else {
+                (
+                    None,
+                    Some(format!(
+                        "model {} {} does not declare a {d}-dimension prefix",
+                        e.model, e.model_version
+                    )),
+                )
+            }
+        }
+    };
+    let semantic_ids = codes
+        .filter(|(version, _)| *version == e.model_version)
+        .map(|(_, c)| c);
+    ItemEmbeddingBody {
+        item_id: e.item_id,
+        found: true,
+        dim: vector.as_ref().map(Vec::len),
+        vector,
+        model: Some(e.model),
+        model_version: Some(e.model_version),
+        item_version: Some(e.item_version),
+        semantic_ids,
+        updated_ms: Some(e.ts),
+        problem,
+    }
+}
+
+fn embeddings(
+    state: &ServeState,
+    ids: &[&str],
+    dim: Option<usize>,
+) -> Result<Vec<ItemEmbeddingBody>, ApiError> {
+    let catalog = state.catalog();
+    check_dim(&catalog, dim)?;
+    let view = state.store.view();
+    let vectors = view.item_embeddings(ids)?;
+    let codes = view.semantic_ids(ids)?;
+    Ok(ids
+        .iter()
+        .zip(vectors.into_iter().zip(codes))
+        .map(|(id, (vector, codes))| match vector {
+            Some(e) => embedding_body(&catalog, e, codes, dim),
+            None => ItemEmbeddingBody::missing(id),
+        })
+        .collect())
+}
+
+pub(super) async fn item_embedding(
+    State(state): State<Arc<ServeState>>,
+    item_id: Result<Path<String>, PathRejection>,
+    query: Result<Query<EmbeddingQuery>, QueryRejection>,
+) -> Answer<ItemEmbeddingBody> {
+    let Path(item_id) = item_id?;
+    let Query(query) = query?;
+    check_id(&state, "item_id", &item_id)?;
+    let mut out = embeddings(&state, &[item_id.as_str()], query.dim)?;
+    Ok(Json(out.remove(0)))
+}
+
+pub(super) async fn item_embeddings(
+    State(state): State<Arc<ServeState>>,
+    body: Result<Json<EmbeddingsRequest>, JsonRejection>,
+) -> Answer<EmbeddingsResponse> {
+    let Json(request) = body?;
+    check_batch(&state, "item_ids", request.item_ids.len())?;
+    for id in &request.item_ids {
+        check_id(&state, "item_ids[]", id)?;
+    }
+    let ids: Vec<&str> = request.item_ids.iter().map(String::as_str).collect();
+    Ok(Json(EmbeddingsResponse {
+        items: embeddings(&state, &ids, request.dim)?,
+    }))
+}
+
+pub(super) async fn user_interests(
+    State(state): State<Arc<ServeState>>,
+    user_id: Result<Path<String>, PathRejection>,
+    query: Result<Query<InterestsQuery>, QueryRejection>,
+) -> Answer<InterestsResponse> {
+    let Path(user_id) = user_id?;
+    let Query(query) = query?;
+    check_id(&state, "user_id", &user_id)?;
+    let cap = state.config.store.positives_cap;
+    let recent = query.recent.unwrap_or(state.config.serve.recent_positives);
+    if recent > cap {
+        return Err(ApiError::bad_request(format!(
+            "recent: {recent} is more than the {cap} positives a user keeps (store.positives_cap)"
+        )));
+    }
+    let view = state.store.view();
+    let interests = view.user_interests(&user_id)?;
+    let positives = view.user_positives(&user_id)?;
+    let recent_positives = positives
+        .iter()
+        .rev()
+        .take(recent)
+        .map(|p| RecentPositive {
+            item_id: p.item_id.clone(),
+            action: p.action,
+            ts: p.ts,
+            dwell_ms: (p.dwell_ms > 0).then_some(p.dwell_ms),
+            rating: p.rating,
+        })
+        .collect();
+    let found = interests.is_some() || !positives.is_empty();
+    Ok(Json(match interests {
+        Some(u) => InterestsResponse {
+            user_id,
+            found,
+            has_interests: true,
+            model_version: Some(u.model_version),
+            updated_ms: Some(u.ts),
+            positives_used: u.positives_used,
+            mean: u.mean,
+            clusters: u
+                .clusters
+                .into_iter()
+                .map(|c| InterestClusterBody {
+                    centroid: c.centroid,
+                    medoid_item_id: c.medoid,
+                    weight: c.weight,
+                    size: c.size,
+                })
+                .collect(),
+            recent_positives,
+        },
+        None => InterestsResponse {
+            user_id,
+            found,
+            has_interests: false,
+            model_version: None,
+            updated_ms: None,
+            positives_used: 0,
+            mean: Vec::new(),
+            clusters: Vec::new(),
+            recent_positives,
+        },
+    }))
+}
+
+/// The newest `n` distinct items among a user's positives (stored oldest first).
+fn recent_distinct(positives: &[HistoryEntry], n: usize) -> Vec<&str> {
+    let mut seen = HashSet::new();
+    positives
+        .iter()
+        .rev()
+        .map(|p| p.item_id.as_str())
+        .filter(|id| seen.insert(*id))
+        .take(n)
+        .collect()
+}
+
+/// Per item: its seq2item teacher vector and its ID-space vectors (by space name).
+fn teacher_vectors(targets: Vec<TeacherTarget>) -> (Option<Vec<f32>>, BTreeMap<String, Vec<f32>>) {
+    let mut seq2item = None;
+    let mut ids = BTreeMap::new();
+    for t in targets {
+        if t.kind == SEQ2ITEM_KIND {
+            seq2item = Some(t.vector);
+        } else if let Some(space) = t.kind.strip_prefix(ID_KIND_PREFIX) {
+            ids.insert(space.to_string(), t.vector);
+        }
+    }
+    (seq2item, ids)
+}
+
+/// An item's stored vector and its semantic-ID codes, each absent when not stored.
+type VectorAndCodes = (Option<Vec<f32>>, Option<Vec<u32>>);
+
+/// Embedding plus codes (only when assigned for the embedding's model version) per item.
+fn vectors_and_codes(
+    view: &StoreView<'_>,
+    ids: &[&str],
+) -> crate::error::Result<Vec<VectorAndCodes>> {
+    let vectors = view.item_embeddings(ids)?;
+    let codes = view.semantic_ids(ids)?;
+    Ok(vectors
+        .into_iter()
+        .zip(codes)
+        .map(|(e, c)| match e {
+            Some(e) => {
+                let codes = c.filter(|(v, _)| *v == e.model_version).map(|(_, c)| c);
+                (Some(e.vector), codes)
+            }
+            None => (None, None),
+        })
+        .collect())
+}
+
+pub(super) async fn match_features(
+    State(state): State<Arc<ServeState>>,
+    body: Result<Json<MatchRequest>, JsonRejection>,
+) -> Answer<MatchResponse> {
+    let Json(request) = body?;
+    check_id(&state, "user_id", &request.user_id)?;
+    check_batch(&state, "candidates", request.candidates.len())?;
+    for id in &request.candidates {
+        check_id(&state, "candidates[]", id)?;
+    }
+    let catalog = state.catalog();
+    let view = state.store.view();
+
+    let interests = view.user_interests(&request.user_id)?;
+    let positives = view.user_positives(&request.user_id)?;
+    let recent_ids = recent_distinct(&positives, state.config.serve.recent_positives);
+    let mut recent = Vec::with_capacity(recent_ids.len());
+    for (id, (vector, codes)) in recent_ids
+        .iter()
+        .zip(vectors_and_codes(&view, &recent_ids)?)
+    {
+        // A positive without an embedding (not embedded yet) has nothing to compare.
+        let Some(vector) = vector else { continue };
+        let (_, id_vectors) = teacher_vectors(view.teacher_targets(id)?);
+        recent.push(RecentItem {
+            vector,
+            semantic_ids: codes,
+            id_vectors,
+        });
+    }
+    let user = UserSide {
+        interest_mean: interests.as_ref().map(|u| u.mean.clone()),
+        clusters: interests
+            .as_ref()
+            .map(|u| {
+                u.clusters
+                    .iter()
+                    .map(|c| (c.centroid.clone(), c.weight))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        recent,
+        query_len: state.config.jobs.seq2item_query_len,
+    };
+
+    let ids: Vec<&str> = request.candidates.iter().map(String::as_str).collect();
+    let mut candidates = Vec::with_capacity(ids.len());
+    for (id, (vector, codes)) in ids.iter().zip(vectors_and_codes(&view, &ids)?) {
+        let (seq2item, id_vectors) = if vector.is_some() {
+            teacher_vectors(view.teacher_targets(id)?)
+        } else {
+            (None, BTreeMap::new())
+        };
+        candidates.push(CandidateSide {
+            vector,
+            semantic_ids: codes,
+            seq2item_teacher: seq2item,
+            id_vectors,
+        });
+    }
+    drop(view);
+
+    let computed = features::match_features(
+        &user,
+        &candidates,
+        catalog.semantic_id_levels,
+        state.config.serve.match_threshold,
+    );
+    Ok(Json(MatchResponse {
+        user_found: interests.is_some() || !positives.is_empty(),
+        has_interests: interests.is_some(),
+        recent_positives_used: user.recent.len(),
+        semantic_id_levels: catalog.semantic_id_levels,
+        candidates: request
+            .candidates
+            .into_iter()
+            .zip(candidates.iter().zip(computed))
+            .map(|(item_id, (c, features))| CandidateBody {
+                item_id,
+                found: c.vector.is_some(),
+                features,
+            })
+            .collect(),
+        user_id: request.user_id,
+    }))
+}
