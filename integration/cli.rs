@@ -115,7 +115,9 @@ fn demo_replays_the_sample_prints_the_store_and_serves_metrics() {
         "Semantic IDs (coarse to fine):",
         "Interests of u",
         "datasets.json",
-        // The lookup API over the demo's store: an embedding, a user's interests, match features.
+        // The quality table, then the lookup API over the demo's store: an embedding, interests, match features.
+        "Copair-i2i Recall@10",
+        "seq2item filtered Recall@25",
         "Lookup API at http://127.0.0.1:",
         "/v1/items/",
         "semantic IDs [",

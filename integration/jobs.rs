@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use arrow::array::AsArray;
+use sailstream::schema::ItemEmbedding;
 
 const DAY: i64 = 86_400_000;
 const T0: i64 = 1_750_000_000_000;
@@ -75,6 +76,19 @@ fn bin(dir: &Path) -> Command {
         .env("SAILSTREAM__EMBED__ENABLED", "false")
         .env("SAILSTREAM__METRICS__ENABLED", "false");
     c
+}
+
+/// An item vector written straight into the store, for fixtures whose expected outputs are worked out by hand.
+fn hand_embedding(id: &str, v: &[f32]) -> ItemEmbedding {
+    ItemEmbedding {
+        item_id: id.into(),
+        model: "hand".into(),
+        model_version: "1".into(),
+        item_version: 1,
+        vector: v.to_vec(),
+        semantic_ids: vec![],
+        ts: T0,
+    }
 }
 
 fn run(c: &mut Command) -> String {
@@ -164,7 +178,6 @@ fn copairs_match_an_independent_computation() {
 
 #[test]
 fn semantic_ids_recover_clusters_and_match_the_stored_codebooks() {
-    use sailstream::schema::ItemEmbedding;
     use sailstream::store::Store;
 
     let dir = tempfile::tempdir().unwrap();
@@ -501,7 +514,6 @@ fn read_samples(dir: &Path) -> BTreeMap<(String, String, String), Vec<String>> {
 
 #[test]
 fn seq2item_strategies_and_id2item_match_hand_worked_fixture() {
-    use sailstream::schema::ItemEmbedding;
     use sailstream::store::Store;
 
     let dir = tempfile::tempdir().unwrap();
@@ -521,16 +533,7 @@ fn seq2item_strategies_and_id2item_match_hand_worked_fixture() {
         let store = Store::open(d.join("store")).unwrap();
         let mut b = store.batch();
         for (id, v) in seq2item_vectors() {
-            b.put_item_embedding(&ItemEmbedding {
-                item_id: id.into(),
-                model: "m".into(),
-                model_version: "1".into(),
-                item_version: 1,
-                vector: v.to_vec(),
-                semantic_ids: vec![],
-                ts: T0,
-            })
-            .unwrap();
+            b.put_item_embedding(&hand_embedding(id, &v)).unwrap();
         }
         // Left over from an earlier run: a5 is never a target here, and the space "old" is gone.
         for (item, kind) in [("a5", "seq2item"), ("a1", "id:old")] {
@@ -801,4 +804,108 @@ fn movielens_backfill_produces_every_output_and_resumes() {
         7,
         "{second}"
     );
+
+    // The quality report over MovieLens: every metric present and well-formed (values are in BENCHMARKS.md).
+    let out = bin(d).args(["eval", "--json", "-"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("MovieLens eval: {report}");
+    assert_eq!(report["items"], 1682);
+    for metric in ["copair_i2i", "seq2item_vanilla", "seq2item_filtered"] {
+        let recall = report[metric]["recall"].as_object().unwrap();
+        // JSON object keys are strings: order them as the numbers k they are.
+        let by_k: BTreeMap<u64, f64> = recall
+            .iter()
+            .map(|(k, v)| (k.parse().unwrap(), v.as_f64().unwrap()))
+            .collect();
+        let values: Vec<f64> = by_k.values().copied().collect();
+        assert!(
+            values.windows(2).all(|w| w[0] <= w[1])
+                && values.iter().all(|v| (0.0..=1.0).contains(v)),
+            "{metric}: {recall:?}"
+        );
+    }
+    assert!(report["gid_i2i"]["item2vec"]["queries"].as_u64().unwrap() > 0);
+    let auc = report["separability"]["auc"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&auc));
+}
+
+/// `sailstream eval` on a fixture small enough to work out by hand: four items with known 2-d vectors and two
+/// co-consumption pairs made by the real copairs job.
+#[test]
+fn eval_reports_hand_worked_recall_and_separability() {
+    use sailstream::store::Store;
+
+    let dir = tempfile::tempdir().unwrap();
+    // u1, u2 like a and b; u3, u4 like a and c: pairs (a, b) and (a, c), each with support 2.
+    let likes = [
+        ("u1", "a"),
+        ("u1", "b"),
+        ("u2", "a"),
+        ("u2", "b"),
+        ("u3", "a"),
+        ("u3", "c"),
+        ("u4", "a"),
+        ("u4", "c"),
+    ];
+    let lines: Vec<String> = likes
+        .iter()
+        .enumerate()
+        .map(|(k, (u, i))| {
+            serde_json::json!({"user_id": u, "item_id": i, "action": "like", "dwell_ms": 0, "ts": T0 + k as i64})
+                .to_string()
+        })
+        .collect();
+    let file = dir.path().join("behaviours.jsonl");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    run(bin(dir.path()).args([
+        "replay",
+        "--file",
+        &format!("{}:sail.behaviours", file.display()),
+    ]));
+    run(bin(dir.path()).args(["job", "run", "copairs"]));
+    {
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let mut batch = store.batch();
+        for (id, v) in [
+            ("a", [1.0, 0.0]),
+            ("b", [0.9, 0.1]),
+            ("c", [0.0, 1.0]),
+            ("d", [-1.0, 0.0]),
+        ] {
+            batch.put_item_embedding(&hand_embedding(id, &v)).unwrap();
+        }
+        batch.commit().unwrap();
+    }
+    let out = bin(dir.path())
+        .args(["eval", "--json", "-", "--compare"])
+        .arg(dir.path().join("store"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let this = &report["this"];
+    // Queries a->b and b->a rank their partner first; a->c ranks c second (b is nearer) and c->a ranks a
+    // second (cos(c, b) = 0.11 > cos(c, a) = 0): Recall@1 = 2/4, Recall@10 = 4/4.
+    let copair = &this["copair_i2i"];
+    assert_eq!(copair["queries"], 4);
+    assert_eq!(copair["recall"]["1"], 0.5);
+    assert_eq!(copair["recall"]["10"], 1.0);
+    // Positive cosines: cos(a, b) = 0.9 / sqrt(0.82) twice, cos(a, c) = 0 twice.
+    let pos = this["separability"]["positive_mean"].as_f64().unwrap();
+    assert!((pos - 0.9 / 0.82f64.sqrt() / 2.0).abs() < 1e-6, "{pos}");
+    // No histories of 11 items, no seq2item samples, no ID space: those metrics are absent, not zero.
+    assert!(this["seq2item_vanilla"].is_null() && this["seq2item_filtered"].is_null());
+    // Against itself: the same rankings.
+    assert_eq!(this["compare"]["kendall_tau"], 1.0);
+    assert_eq!(this["compare"]["top10_overlap"], 1.0);
+    assert_eq!(report["other"]["copair_i2i"], report["this"]["copair_i2i"]);
 }

@@ -37,6 +37,18 @@ pub struct Config {
     pub embed: EmbedConfig,
     pub jobs: JobsConfig,
     pub serve: ServeConfig,
+    pub eval: EvalConfig,
+}
+
+/// `sailstream eval`: the paper's offline metrics (see `eval`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    pub max_queries: usize,
+    pub seed: u64,
+    pub vanilla_history: usize,
+    pub vanilla_query: usize,
+    pub filtered_strategy: String,
 }
 
 /// The lookup API (`sailstream serve`, or the worker with `serve.in_worker`).
@@ -610,6 +622,39 @@ impl Config {
             .listen
             .parse::<SocketAddr>()
             .map_err(|e| Error::config("metrics.listen", format!("not an ip:port address: {e}")))?;
+        range(
+            "eval.max_queries",
+            size(self.eval.max_queries),
+            1,
+            10_000_000,
+        )?;
+        // Histories hold at most store.history_cap items; a larger value just takes all of them.
+        range(
+            "eval.vanilla_history",
+            size(self.eval.vanilla_history),
+            2,
+            100_000,
+        )?;
+        range(
+            "eval.vanilla_query",
+            size(self.eval.vanilla_query),
+            1,
+            size(self.eval.vanilla_history) - 1,
+        )?;
+        let strategies: Vec<&str> = crate::jobs::seq2item::Strategy::ALL
+            .iter()
+            .map(|s| s.name())
+            .collect();
+        if !strategies.contains(&self.eval.filtered_strategy.as_str()) {
+            return Err(Error::config(
+                "eval.filtered_strategy",
+                format!(
+                    "'{}' is not a seq2item strategy; one of {}",
+                    self.eval.filtered_strategy,
+                    strategies.join(", ")
+                ),
+            ));
+        }
         let serve = &self.serve;
         serve
             .listen

@@ -77,6 +77,17 @@ enum Command {
         #[arg(long)]
         dlq: Option<PathBuf>,
     },
+    /// The paper's offline metrics for the stored item embeddings (Recall@k on co-consumption pairs, ID-space
+    /// neighbours and seq2item samples, separability, NMI, mutual top-1), from the store and the job exports.
+    Eval {
+        /// Also evaluate another store (e.g. one embedded by another model version) and compare: both columns,
+        /// the difference, Kendall tau and top-10 overlap between the two models.
+        #[arg(long, value_name = "STORE")]
+        compare: Option<PathBuf>,
+        /// Also write the report(s) as JSON to this file ("-" for stdout instead of the table).
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
     /// Batch jobs on DataFusion over the offline log.
     Job {
         #[command(subcommand)]
@@ -156,6 +167,7 @@ fn main() -> ExitCode {
                 restart,
                 dlq,
             } => cli::backfill::run(&config, &events, restart, dlq).await,
+            Command::Eval { compare, json } => cli::eval(&config, compare, json),
             Command::Job {
                 command: JobCommand::Run { name },
             } => cli::job_run(&config, &name).await,

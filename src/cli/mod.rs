@@ -307,6 +307,43 @@ pub async fn worker(config: &Config) -> Result<()> {
     Ok(())
 }
 
+/// `sailstream eval [--compare STORE] [--json FILE]`.
+pub fn eval(config: &Config, compare: Option<PathBuf>, json: Option<PathBuf>) -> Result<()> {
+    let store = Store::open_read_only(&config.store.path)?;
+    let started = Instant::now();
+    let report = sailstream::eval::run(config, &store, compare.as_deref())?;
+    // The other store, judged the same way (its own exports are not at hand: only the store-based metrics and
+    // this store's exports apply, so both columns use the same pairs and samples).
+    let other = match &compare {
+        Some(path) => Some(sailstream::eval::run(
+            config,
+            &Store::open_read_only(path)?,
+            None,
+        )?),
+        None => None,
+    };
+    let as_json = || -> Result<String> {
+        let value = match &other {
+            None => serde_json::to_value(&report),
+            Some(o) => serde_json::to_value(serde_json::json!({"this": &report, "other": o})),
+        }
+        .map_err(|e| Error::Internal(format!("eval report to JSON: {e}")))?;
+        Ok(serde_json::to_string_pretty(&value).expect("a JSON value prints"))
+    };
+    match json.as_deref() {
+        Some(p) if p == Path::new("-") => println!("{}", as_json()?),
+        Some(p) => {
+            std::fs::write(p, as_json()? + "\n")
+                .map_err(|e| Error::io(format!("writing {}", p.display()), e))?;
+            print!("{}", sailstream::eval::table(&report, other.as_ref()));
+            eprintln!("JSON report written to {}", p.display());
+        }
+        None => print!("{}", sailstream::eval::table(&report, other.as_ref())),
+    }
+    eprintln!("evaluated in {:.2}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
 /// `sailstream serve`: the lookup API on its own, following the live store (or over a checkpoint).
 pub async fn serve(config: &Config, checkpoint: Option<PathBuf>) -> Result<()> {
     let prometheus = if config.metrics.enabled {
@@ -362,6 +399,10 @@ pub async fn demo(config: &Config, keep_serving: bool) -> Result<()> {
             }
         }
         print_features(&Store::open_read_only(&config.store.path)?, config)?;
+        let report =
+            sailstream::eval::run(config, &Store::open_read_only(&config.store.path)?, None)?;
+        println!("\nQuality of the embeddings (`sailstream eval`, the paper's offline metrics):");
+        print!("{}", sailstream::eval::table(&report, None));
         demo_lookups(config, keep_serving).await?;
     }
     if config.metrics.enabled {
