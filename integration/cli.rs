@@ -261,3 +261,120 @@ fn doctor_finds_the_installed_parts() {
         "{stdout}"
     );
 }
+
+/// docker-compose.yml as YAML (PyYAML, which scripts/setup.sh makes sure of), as JSON.
+fn compose(file: &str) -> serde_json::Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
+        ])
+        .arg(&path)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{} is not valid YAML (or PyYAML is missing: scripts/setup.sh): {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// No Docker engine runs here: the deployment files are checked for what can be checked without one.
+#[test]
+fn deployment_files_are_consistent_with_the_config_and_the_setup_script() {
+    let doc = compose("docker-compose.yml");
+    let services = doc["services"].as_object().unwrap();
+    for name in ["kafka", "topics", "worker", "lookup"] {
+        assert!(services.contains_key(name), "service {name} missing");
+    }
+    assert!(
+        doc["services"]["kafka"]["environment"]["KAFKA_PROCESS_ROLES"]
+            .as_str()
+            .unwrap()
+            .contains("controller"),
+        "Kafka runs in KRaft mode"
+    );
+    // The topic-creation script creates every topic the worker uses.
+    let script = doc["services"]["topics"]["command"][0].as_str().unwrap();
+    let config = sailstream::Config::load(None).unwrap();
+    let t = &config.kafka.topics;
+    for topic in [
+        &t.items,
+        &t.behaviours,
+        &t.id_embeddings,
+        &t.item_embeddings,
+        &t.dlq,
+    ] {
+        assert!(
+            script.contains(topic.as_str()),
+            "topics service lacks {topic}"
+        );
+    }
+    // Each sailstream service's overrides pass sailstream's own validation, on top of the image's defaults.
+    let dockerfile =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile")).unwrap();
+    for name in ["worker", "lookup"] {
+        let service = &doc["services"][name];
+        assert_eq!(
+            service["volumes"][0].as_str().unwrap().split(':').nth(1),
+            Some("/var/lib/sailstream"),
+            "{name} keeps its state on the shared volume"
+        );
+        let mut c = bin();
+        c.args(["config", "show"]);
+        for line in dockerfile.lines() {
+            let line = line
+                .trim()
+                .trim_start_matches("ENV ")
+                .trim_end_matches('\\')
+                .trim();
+            if let Some((k, v)) = line.split_once('=')
+                && k.starts_with("SAILSTREAM__")
+            {
+                c.env(k, v);
+            }
+        }
+        for (k, v) in service["environment"].as_object().unwrap() {
+            // ${VAR:-default} takes its default here.
+            let v = v.as_str().unwrap();
+            let v = match v.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
+                Some(expr) => expr.split_once(":-").map_or("", |(_, d)| d).to_string(),
+                None => v.to_string(),
+            };
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{name}: {stderr}");
+        let shown: toml::Table = toml::from_str(&stdout).unwrap();
+        assert_eq!(
+            shown["store"]["path"].as_str(),
+            Some("/var/lib/sailstream/store")
+        );
+    }
+    assert_eq!(doc["services"]["lookup"]["command"][0], "serve");
+    assert_eq!(doc["services"]["worker"]["command"][0], "worker");
+
+    // The image is built by the same set-up script, and copies the ONNX Runtime version that script installs.
+    let setup =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/setup.sh"))
+            .unwrap();
+    let ort = setup
+        .lines()
+        .find_map(|l| l.strip_prefix("ORT_VERSION="))
+        .unwrap();
+    assert!(dockerfile.contains("SAILSTREAM_RUNTIME_ONLY=1 scripts/setup.sh"));
+    assert!(dockerfile.contains(&format!("/opt/sailstream/onnxruntime-{ort}")));
+
+    // The GPU option reserves a GPU for the worker and builds the CUDA provider in.
+    let gpu = compose("docker-compose.gpu.yml");
+    let worker = &gpu["services"]["worker"];
+    assert_eq!(worker["build"]["args"]["FEATURES"], "cuda");
+    assert_eq!(
+        worker["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"][0],
+        "gpu"
+    );
+}

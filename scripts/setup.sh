@@ -13,14 +13,17 @@
 #                  committed: MovieLens terms forbid redistribution)
 #
 # Environment: SAILSTREAM_HOME (default ~/.local/share/sailstream), SAILSTREAM_TANSU_ROOT (default ~/.local/tansu),
-# SAILSTREAM_SKIP_TANSU=1 to skip the broker (the demo does not need it; the tests do).
+# SAILSTREAM_SKIP_TANSU=1 to skip the broker (the demo does not need it; the tests do), SAILSTREAM_RUNTIME_ONLY=1
+# for what a deployment runs (apt packages, ONNX Runtime, the model; no broker, test data or benchmark peers):
+# the Dockerfile uses it.
 set -euo pipefail
 
 ORT_VERSION=1.31.1
 TANSU_VERSION=0.6.0
 SAILSTREAM_HOME=${SAILSTREAM_HOME:-$HOME/.local/share/sailstream}
 TANSU_ROOT=${SAILSTREAM_TANSU_ROOT:-$HOME/.local/tansu}
-APT_PACKAGES=(libclang-dev python3-torch python3-venv redis-server)
+APT_PACKAGES=(libclang-dev python3-torch python3-venv)
+[[ ${SAILSTREAM_RUNTIME_ONLY:-0} == 1 ]] || APT_PACKAGES+=(redis-server)
 
 step() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
@@ -77,8 +80,8 @@ fi
 
 # --- Tansu broker ---------------------------------------------------------------------------------------------
 tansu="$TANSU_ROOT/bin/tansu"
-if [[ ${SAILSTREAM_SKIP_TANSU:-0} == 1 ]]; then
-  step "skipping the Tansu broker (SAILSTREAM_SKIP_TANSU=1)"
+if [[ ${SAILSTREAM_SKIP_TANSU:-0} == 1 || ${SAILSTREAM_RUNTIME_ONLY:-0} == 1 ]]; then
+  step "skipping the Tansu broker"
 elif [[ -x "$tansu" && -f "$TANSU_ROOT/.sailstream-tansu-$TANSU_VERSION" ]]; then
   step "Tansu $TANSU_VERSION present: $tansu"
 else
@@ -90,6 +93,18 @@ fi
 
 # --- default embedding model ----------------------------------------------------------------------------------
 SAILSTREAM_HOME="$SAILSTREAM_HOME" "$(dirname "$0")/../models/sail-lite/build.sh" || die "building the sail-lite model failed"
+
+if [[ ${SAILSTREAM_RUNTIME_ONLY:-0} == 1 ]]; then
+  step "set-up complete (runtime only)"
+  exit 0
+fi
+
+# --- test helpers ---------------------------------------------------------------------------------------------
+# PyYAML parses docker-compose.yml in the deployment test (integration/cli.rs); Debian's python3 usually has it.
+if ! python3 -c 'import yaml' 2>/dev/null; then
+  step "installing PyYAML (deployment test)"
+  python3 -m pip install -q --user pyyaml || die "pip could not install pyyaml"
+fi
 
 # --- MovieLens-100k sample ------------------------------------------------------------------------------------
 RECBOLE_VERSION=1.2.1
