@@ -378,3 +378,77 @@ fn deployment_files_are_consistent_with_the_config_and_the_setup_script() {
         "gpu"
     );
 }
+
+/// The operations docs describe the code as it is: every config key the code reads is in the README's
+/// reference (and the reference is fresh), every metric constant is in the README's table and on the dashboard.
+#[test]
+fn operations_docs_cover_every_config_key_and_metric() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let check = Command::new("python3")
+        .arg(root.join("scripts/config_reference.py"))
+        .arg("--check")
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+
+    let out = bin().args(["config", "show"]).output().unwrap();
+    let shown: toml::Table = toml::from_str(&text(&out).0).unwrap();
+    fn leaves(prefix: &str, table: &toml::Table, out: &mut Vec<String>) {
+        for (k, v) in table {
+            let key = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            match v {
+                // Free-form tables are one key; so is the ingest.files array.
+                toml::Value::Table(t)
+                    if !["kafka.client", "jobs.training_weights"].contains(&key.as_str()) =>
+                {
+                    leaves(&key, t, out)
+                }
+                _ => out.push(key),
+            }
+        }
+    }
+    let mut keys = Vec::new();
+    leaves("", &shown, &mut keys);
+    assert!(keys.len() > 80, "{keys:?}");
+    for key in &keys {
+        assert!(
+            readme.contains(&format!("| `{key}` |")),
+            "README's configuration reference lacks {key}"
+        );
+    }
+
+    let metrics_rs = std::fs::read_to_string(root.join("src/metrics.rs")).unwrap();
+    let dashboard = std::fs::read_to_string(root.join("deploy/grafana-dashboard.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["targets"][0]["expr"].as_str().map(str::to_string))
+        .collect();
+    let names: Vec<&str> = metrics_rs
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("pub const "))
+        .filter_map(|l| l.split('"').nth(1))
+        .collect();
+    assert!(names.len() >= 28, "{names:?}");
+    for name in names {
+        assert!(
+            readme.contains(&format!("| `{name}` |")),
+            "README's metrics table lacks {name}"
+        );
+        assert!(
+            exprs.iter().any(|e| e.contains(name)),
+            "the Grafana dashboard lacks {name}"
+        );
+    }
+}

@@ -60,8 +60,8 @@ pub const JOB_SECONDS: &str = "sailstream_job_seconds";
 /// Counter, no labels. Users whose interests the stream recomputed.
 pub const INTERESTS_UPDATED: &str = "sailstream_interests_updated_total";
 
-/// Counter, labels: route (the matched route template, e.g. `/v1/match`, or `unmatched`), status (HTTP code).
-/// Lookup API requests answered.
+/// Counter, labels: route, status. Lookup API requests answered; route is the matched route template (such as
+/// `/v1/match`) or `unmatched`, status the HTTP code.
 pub const SERVE_REQUESTS: &str = "sailstream_serve_requests_total";
 /// Histogram, labels: route. Seconds from request to response, as the server sees it.
 pub const SERVE_SECONDS: &str = "sailstream_serve_request_seconds";
