@@ -452,3 +452,37 @@ fn operations_docs_cover_every_config_key_and_metric() {
         );
     }
 }
+
+/// The README's main command runs the demo over a folder of dumps (MovieLens-100k there; the bundled sample's
+/// folder here, to stay quick): backfill, quality table, lookups from the running server.
+#[test]
+fn demo_over_a_folder_of_dumps_tells_the_whole_story() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    let out = bin()
+        .args(["demo", "--events", "pipelines/sample"])
+        .env("SAILSTREAM__STORE__PATH", state.join("store"))
+        .env("SAILSTREAM__OFFLINE_LOG__PATH", state.join("log"))
+        .env("SAILSTREAM__JOBS__OUTPUT_DIR", state.join("exports"))
+        .env("SAILSTREAM__METRICS__ENABLED", "false")
+        .env(
+            "SAILSTREAM__SERVE__LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stderr.contains("backfill finished"), "{stderr}");
+    for want in [
+        "backfilling pipelines/sample",
+        "Nearest items by embedding",
+        "Teacher targets",
+        "Quality of the embeddings",
+        "Copair-i2i Recall@1 ",
+        "Lookup API at http://127.0.0.1:",
+        "candidate      mean_cos",
+    ] {
+        assert!(stdout.contains(want), "{want}:\n{stdout}");
+    }
+}

@@ -28,6 +28,10 @@ enum Command {
     /// Replay the bundled sample (the configured ingest.files) into the store, embed it, run every job, start
     /// the lookup API and print what was stored, produced and served.
     Demo {
+        /// A folder of item and behaviour dumps to backfill instead of the bundled sample (scripts/demo.sh passes
+        /// MovieLens-100k, converted by scripts/setup.sh).
+        #[arg(long, value_name = "DIR")]
+        events: Option<PathBuf>,
         /// Keep the lookup API running on serve.listen after the demo, until Ctrl-C.
         #[arg(long)]
         keep_serving: bool,
@@ -156,7 +160,10 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match args.command {
-            Command::Demo { keep_serving } => cli::demo(&config, keep_serving).await,
+            Command::Demo {
+                events,
+                keep_serving,
+            } => cli::demo(&config, events, keep_serving).await,
             Command::Worker => cli::worker(&config).await,
             Command::Serve { checkpoint } => cli::serve(&config, checkpoint).await,
             Command::Replay { files, dlq } => cli::replay(&config, &files, dlq).await.map(|_| ()),

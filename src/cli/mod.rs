@@ -366,38 +366,58 @@ pub async fn serve(config: &Config, checkpoint: Option<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-pub async fn demo(config: &Config, keep_serving: bool) -> Result<()> {
+/// The whole story: events in (the bundled sample, or a folder of dumps such as MovieLens-100k), items embedded,
+/// every job, the quality table, then the lookup API answering a ranker's calls.
+pub async fn demo(config: &Config, events: Option<PathBuf>, keep_serving: bool) -> Result<()> {
     if config.metrics.enabled
         && let Err(e) = sailstream::metrics::install_prometheus(config.metrics_addr())
     {
         eprintln!("warning: {e}; continuing without the metrics endpoint");
     }
-    println!(
-        "sailstream demo: replaying the bundled sample through ingest into {}",
-        config.store.path.display()
-    );
-    let report = replay(config, &[], None).await?;
-    if report.records == 0 {
-        println!(
-            "(nothing new: every record's position is already stored with the state, so nothing is applied twice)"
-        );
-    }
-    let store = Store::open_read_only(&config.store.path)?;
-    print_store(&store, config)?;
-    print_dead_letters(&default_dlq_path(config))?;
-    if config.embed.enabled {
-        print_nearest(&store)?;
-        drop(store);
-        println!(
-            "\nRunning every job ({}):",
-            sailstream::jobs::ALL.join(" -> ")
-        );
-        {
-            let store = Store::open(&config.store.path)?;
-            for name in sailstream::jobs::ALL {
-                println!("  {}", sailstream::jobs::run(name, config, &store).await?);
+    match &events {
+        Some(dir) => {
+            println!(
+                "sailstream demo: backfilling {} (ingest, embed, every job) into {}",
+                dir.display(),
+                config.store.path.display()
+            );
+            backfill::run(config, dir, false, None).await?;
+            let store = Store::open_read_only(&config.store.path)?;
+            print_store(&store, config)?;
+            print_dead_letters(&default_dlq_path(config))?;
+            if config.embed.enabled {
+                print_nearest(&store)?;
             }
         }
+        None => {
+            println!(
+                "sailstream demo: replaying the bundled sample through ingest into {}",
+                config.store.path.display()
+            );
+            let report = replay(config, &[], None).await?;
+            if report.records == 0 {
+                println!(
+                    "(nothing new: every record's position is already stored with the state, so nothing is applied twice)"
+                );
+            }
+            let store = Store::open_read_only(&config.store.path)?;
+            print_store(&store, config)?;
+            print_dead_letters(&default_dlq_path(config))?;
+            if config.embed.enabled {
+                print_nearest(&store)?;
+                drop(store);
+                println!(
+                    "\nRunning every job ({}):",
+                    sailstream::jobs::ALL.join(" -> ")
+                );
+                let store = Store::open(&config.store.path)?;
+                for name in sailstream::jobs::ALL {
+                    println!("  {}", sailstream::jobs::run(name, config, &store).await?);
+                }
+            }
+        }
+    }
+    if config.embed.enabled {
         print_features(&Store::open_read_only(&config.store.path)?, config)?;
         let report =
             sailstream::eval::run(config, &Store::open_read_only(&config.store.path)?, None)?;
