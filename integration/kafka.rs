@@ -207,3 +207,63 @@ async fn resumes_from_store_even_when_the_group_never_committed() {
     assert_eq!(store.item_stats("i1").unwrap().unwrap().events, 40);
     assert_eq!(store.offset("sail.behaviours", 0).unwrap(), Some(100));
 }
+
+/// `demo --events DIR --kafka BROKERS`: the dumps go through a real broker and the streaming worker, and a rerun
+/// does not produce them twice.
+#[test]
+fn demo_through_the_broker_produces_once_and_streams_into_the_store() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    let run = || {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_sailstream"));
+        c.current_dir(env!("CARGO_MANIFEST_DIR"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("SAILSTREAM") || k == "RUST_LOG" {
+                c.env_remove(k);
+            }
+        }
+        let out = c
+            .args(["demo", "--events", "pipelines/sample", "--kafka"])
+            .arg(broker.bootstrap())
+            .env("SAILSTREAM__STORE__PATH", state.join("store"))
+            .env("SAILSTREAM__OFFLINE_LOG__PATH", state.join("log"))
+            .env("SAILSTREAM__JOBS__OUTPUT_DIR", state.join("exports"))
+            .env("SAILSTREAM__METRICS__ENABLED", "false")
+            .env(
+                "SAILSTREAM__SERVE__LISTEN",
+                format!("127.0.0.1:{}", harness::free_port()),
+            )
+            .env("SAILSTREAM__LOG__LEVEL", "warn,librdkafka=off,rdkafka=off")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+        stdout
+    };
+    let first = run();
+    // 43 item lines and 1,709 behaviour lines; 5 fail validation (dead letters), 1 item version is stale.
+    assert!(first.contains("produced 1752 records"), "{first}");
+    assert!(
+        first.contains("1746 applied, 5 dead-lettered to sail.dlq"),
+        "{first}"
+    );
+    for want in [
+        "Running every job",
+        "Quality of the embeddings",
+        "Lookup API at",
+        "candidate      mean_cos",
+    ] {
+        assert!(first.contains(want), "{want}:\n{first}");
+    }
+    let second = run();
+    assert!(
+        second.contains("already hold 1752 records: not producing them again"),
+        "{second}"
+    );
+    assert!(second.contains("worker consumed 0 records"), "{second}");
+    let store = Store::open_read_only(state.join("store")).unwrap();
+    assert_eq!(store.key_count(sailstream::store::cf::ITEMS).unwrap(), 40);
+    assert_eq!(store.offset("sail.behaviours", 0).unwrap(), Some(1709));
+}

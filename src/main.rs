@@ -32,6 +32,10 @@ enum Command {
         /// MovieLens-100k, converted by scripts/setup.sh).
         #[arg(long, value_name = "DIR")]
         events: Option<PathBuf>,
+        /// Go through a running Kafka-compatible broker at BROKERS instead of replaying files: produce the
+        /// --events dumps to their topics (once), then run the streaming worker until it has consumed them all.
+        #[arg(long, value_name = "BROKERS", requires = "events")]
+        kafka: Option<String>,
         /// Keep the lookup API running on serve.listen after the demo, until Ctrl-C.
         #[arg(long)]
         keep_serving: bool,
@@ -162,8 +166,9 @@ fn main() -> ExitCode {
         match args.command {
             Command::Demo {
                 events,
+                kafka,
                 keep_serving,
-            } => cli::demo(&config, events, keep_serving).await,
+            } => cli::demo(&config, events, kafka, keep_serving).await,
             Command::Worker => cli::worker(&config).await,
             Command::Serve { checkpoint } => cli::serve(&config, checkpoint).await,
             Command::Replay { files, dlq } => cli::replay(&config, &files, dlq).await.map(|_| ()),

@@ -1,6 +1,7 @@
 //! What each subcommand does; `main.rs` only parses arguments and maps errors to exit codes.
 
 pub mod backfill;
+mod kafka_demo;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -368,14 +369,54 @@ pub async fn serve(config: &Config, checkpoint: Option<PathBuf>) -> Result<()> {
 
 /// The whole story: events in (the bundled sample, or a folder of dumps such as MovieLens-100k), items embedded,
 /// every job, the quality table, then the lookup API answering a ranker's calls.
-pub async fn demo(config: &Config, events: Option<PathBuf>, keep_serving: bool) -> Result<()> {
+pub async fn demo(
+    config: &Config,
+    events: Option<PathBuf>,
+    kafka: Option<String>,
+    keep_serving: bool,
+) -> Result<()> {
     if config.metrics.enabled
         && let Err(e) = sailstream::metrics::install_prometheus(config.metrics_addr())
     {
         eprintln!("warning: {e}; continuing without the metrics endpoint");
     }
-    match &events {
-        Some(dir) => {
+    match (&events, kafka) {
+        (None, Some(_)) => {
+            return Err(Error::invalid(
+                "--kafka",
+                "needs --events DIR: the dumps to produce to the broker",
+            ));
+        }
+        (Some(dir), Some(brokers)) => {
+            let mut config = config.clone();
+            config.kafka.brokers = brokers;
+            println!(
+                "sailstream demo: {} through the broker at {} (produce, then the streaming worker) into {}",
+                dir.display(),
+                config.kafka.brokers,
+                config.store.path.display()
+            );
+            kafka_demo::ingest_through_kafka(&config, dir).await?;
+            let store = Arc::new(Store::open(&config.store.path)?);
+            if config.embed.enabled {
+                // The worker embeds as it goes; whatever was still waiting when it stopped is embedded here.
+                embed_with(&config, store.clone(), false)?;
+                println!(
+                    "\nRunning every job ({}):",
+                    sailstream::jobs::ALL.join(" -> ")
+                );
+                for name in sailstream::jobs::ALL {
+                    println!("  {}", sailstream::jobs::run(name, &config, &store).await?);
+                }
+            }
+            drop(store);
+            let store = Store::open_read_only(&config.store.path)?;
+            print_store(&store, &config)?;
+            if config.embed.enabled {
+                print_nearest(&store)?;
+            }
+        }
+        (Some(dir), None) => {
             println!(
                 "sailstream demo: backfilling {} (ingest, embed, every job) into {}",
                 dir.display(),
@@ -389,7 +430,7 @@ pub async fn demo(config: &Config, events: Option<PathBuf>, keep_serving: bool) 
                 print_nearest(&store)?;
             }
         }
-        None => {
+        (None, None) => {
             println!(
                 "sailstream demo: replaying the bundled sample through ingest into {}",
                 config.store.path.display()
