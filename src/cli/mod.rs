@@ -274,14 +274,22 @@ pub async fn worker(config: &Config) -> Result<()> {
     // With serve.in_worker the lookup API shares the store (snapshot reads) and stops with the worker.
     let (stop_serving, serving) = if config.serve.in_worker {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(sailstream::serve::run(
+        let served = sailstream::serve::run(
             config.clone(),
             sailstream::serve::Source::Shared(store.clone()),
             prometheus,
             async move {
                 let _ = rx.await;
             },
-        ));
+        );
+        // Said at once (a taken port, say), not when the worker stops; ingest goes on either way.
+        let task = tokio::spawn(async move {
+            let result = served.await;
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "lookup API stopped; the worker goes on without it");
+            }
+            result
+        });
         (Some(tx), Some(task))
     } else {
         (None, None)
@@ -294,10 +302,8 @@ pub async fn worker(config: &Config) -> Result<()> {
     .await;
     if let (Some(tx), Some(task)) = (stop_serving, serving) {
         let _ = tx.send(());
-        match task.await {
-            Ok(Err(e)) => tracing::error!(error = %e, "lookup API stopped with an error"),
-            Err(e) => tracing::error!(error = %e, "lookup API task failed"),
-            Ok(Ok(())) => {}
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, "lookup API task failed");
         }
     }
     let report = report?;
