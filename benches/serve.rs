@@ -179,6 +179,8 @@ fn fill_store(path: &Path, items: usize, users: usize) {
         }
         batch.commit().unwrap();
     }
+    // As in a worker's store after a while: the data in table files, not in the write-ahead log and memtables.
+    store.flush().unwrap();
 }
 
 /// One request of a workload, ready to send.

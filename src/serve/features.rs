@@ -54,6 +54,27 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+/// Cosine without allocating; 0 when either vector is zero.
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let (na, nb) = (dot(a, a).sqrt(), dot(b, b).sqrt());
+    if na > 0.0 && nb > 0.0 {
+        dot(a, b) / (na * nb)
+    } else {
+        0.0
+    }
+}
+
+/// A matrix of the given rows (all of length `dim`), each scaled to unit length in place.
+fn unit_rows<'a>(rows: impl ExactSizeIterator<Item = &'a [f32]>, dim: usize) -> Array2<f32> {
+    let mut m = Array2::zeros((rows.len(), dim));
+    for (mut out, row) in m.rows_mut().into_iter().zip(rows) {
+        let norm = dot(row, row).sqrt();
+        let scale = if norm > 0.0 { 1.0 / norm } else { 0.0 };
+        out.iter_mut().zip(row).for_each(|(o, x)| *o = x * scale);
+    }
+    m
+}
+
 /// Normalised mean of normalised vectors (of one dimension); None when there are none.
 pub fn mean_direction<'a>(vectors: impl IntoIterator<Item = &'a [f32]>) -> Option<Vec<f32>> {
     let mut sum: Option<Vec<f32>> = None;
@@ -123,14 +144,15 @@ pub fn match_features(
         .collect();
 
     // Row layout of the user matrix: [mean?] [clusters] [recent].
-    let rows: Vec<Vec<f32>> = mean
+    let user_rows: Vec<&[f32]> = mean
         .into_iter()
-        .map(|m| normalized(m))
-        .chain(clusters.iter().map(|(c, _)| normalized(c)))
-        .chain(recent.iter().map(|r| normalized(&r.vector)))
+        .map(Vec::as_slice)
+        .chain(clusters.iter().map(|(c, _)| c.as_slice()))
+        .chain(recent.iter().map(|r| r.vector.as_slice()))
         .collect();
     let cluster_offset = usize::from(mean.is_some());
     let recent_offset = cluster_offset + clusters.len();
+    let user_len = user_rows.len();
 
     let comparable: Vec<usize> = candidates
         .iter()
@@ -138,14 +160,15 @@ pub fn match_features(
         .filter(|(_, c)| c.vector.as_ref().map(Vec::len) == dim && dim.is_some())
         .map(|(i, _)| i)
         .collect();
-    let sims = match (dim, rows.is_empty() || comparable.is_empty()) {
+    let sims = match (dim, user_rows.is_empty() || comparable.is_empty()) {
         (Some(d), false) => {
-            let user_matrix = Array2::from_shape_fn((rows.len(), d), |(r, k)| rows[r][k]);
-            let cand: Vec<Vec<f32>> = comparable
-                .iter()
-                .map(|&i| normalized(candidates[i].vector.as_deref().unwrap_or_default()))
-                .collect();
-            let cand_matrix = Array2::from_shape_fn((cand.len(), d), |(r, k)| cand[r][k]);
+            let user_matrix = unit_rows(user_rows.into_iter(), d);
+            let cand_matrix = unit_rows(
+                comparable
+                    .iter()
+                    .map(|&i| candidates[i].vector.as_deref().unwrap_or_default()),
+                d,
+            );
             Some(cand_matrix.dot(&user_matrix.t()))
         }
         _ => None,
@@ -169,7 +192,7 @@ pub fn match_features(
         if let Some(teacher) = &candidate.seq2item_teacher {
             features.has_seq2item_teacher = true;
             if let Some(q) = query.as_ref().filter(|q| q.len() == teacher.len()) {
-                features.seq2item_teacher_cos = dot(&normalized(teacher), q);
+                features.seq2item_teacher_cos = cosine(teacher, q);
             }
         }
         for (space, vector) in &candidate.id_vectors {
@@ -178,7 +201,7 @@ pub fn match_features(
             {
                 features
                     .id2item_teacher_cos
-                    .insert(space.clone(), dot(&normalized(vector), user_mean));
+                    .insert(space.clone(), cosine(vector, user_mean));
             }
         }
     }
@@ -197,7 +220,7 @@ pub fn match_features(
                     Some(best.map_or(x, |b| b.max(x)))
                 })
                 .unwrap_or(0.0);
-            let mut recent_sims: Vec<f32> = (recent_offset..rows.len()).map(|j| s[j]).collect();
+            let mut recent_sims: Vec<f32> = (recent_offset..user_len).map(|j| s[j]).collect();
             if !recent_sims.is_empty() {
                 let n = recent_sims.len() as f32;
                 f.recent_mean_cos = recent_sims.iter().sum::<f32>() / n;

@@ -242,11 +242,32 @@ fn recent_distinct(positives: &[HistoryEntry], n: usize) -> Vec<&str> {
         .collect()
 }
 
+/// The teacher kinds match features read: `seq2item` and `id:<space>` for every configured ID space plus the
+/// learned one. Read by key (one MultiGet) rather than by scanning each item's targets.
+fn teacher_kinds(state: &ServeState) -> Vec<String> {
+    let mut kinds = vec![SEQ2ITEM_KIND.to_string()];
+    let spaces = state
+        .config
+        .id_spaces
+        .keys()
+        .map(String::as_str)
+        .chain([crate::jobs::id2item::LEARNED_SPACE]);
+    for space in spaces {
+        let kind = format!("{ID_KIND_PREFIX}{space}");
+        if !kinds.contains(&kind) {
+            kinds.push(kind);
+        }
+    }
+    kinds
+}
+
 /// Per item: its seq2item teacher vector and its ID-space vectors (by space name).
-fn teacher_vectors(targets: Vec<TeacherTarget>) -> (Option<Vec<f32>>, BTreeMap<String, Vec<f32>>) {
+fn teacher_vectors(
+    targets: Vec<Option<TeacherTarget>>,
+) -> (Option<Vec<f32>>, BTreeMap<String, Vec<f32>>) {
     let mut seq2item = None;
     let mut ids = BTreeMap::new();
-    for t in targets {
+    for t in targets.into_iter().flatten() {
         if t.kind == SEQ2ITEM_KIND {
             seq2item = Some(t.vector);
         } else if let Some(space) = t.kind.strip_prefix(ID_KIND_PREFIX) {
@@ -295,14 +316,16 @@ pub(super) async fn match_features(
     let interests = view.user_interests(&request.user_id)?;
     let positives = view.user_positives(&request.user_id)?;
     let recent_ids = recent_distinct(&positives, state.config.serve.recent_positives);
+    let kinds = teacher_kinds(&state);
+    let recent_teachers = view.teacher_targets_of(&recent_ids, &kinds)?;
     let mut recent = Vec::with_capacity(recent_ids.len());
-    for (id, (vector, codes)) in recent_ids
-        .iter()
-        .zip(vectors_and_codes(&view, &recent_ids)?)
+    for ((vector, codes), targets) in vectors_and_codes(&view, &recent_ids)?
+        .into_iter()
+        .zip(recent_teachers)
     {
         // A positive without an embedding (not embedded yet) has nothing to compare.
         let Some(vector) = vector else { continue };
-        let (_, id_vectors) = teacher_vectors(view.teacher_targets(id)?);
+        let (_, id_vectors) = teacher_vectors(targets);
         recent.push(RecentItem {
             vector,
             semantic_ids: codes,
@@ -325,10 +348,14 @@ pub(super) async fn match_features(
     };
 
     let ids: Vec<&str> = request.candidates.iter().map(String::as_str).collect();
+    let candidate_teachers = view.teacher_targets_of(&ids, &kinds)?;
     let mut candidates = Vec::with_capacity(ids.len());
-    for (id, (vector, codes)) in ids.iter().zip(vectors_and_codes(&view, &ids)?) {
+    for ((vector, codes), targets) in vectors_and_codes(&view, &ids)?
+        .into_iter()
+        .zip(candidate_teachers)
+    {
         let (seq2item, id_vectors) = if vector.is_some() {
-            teacher_vectors(view.teacher_targets(id)?)
+            teacher_vectors(targets)
         } else {
             (None, BTreeMap::new())
         };

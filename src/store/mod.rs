@@ -635,6 +635,17 @@ impl Store {
         Ok(n)
     }
 
+    /// Writes every memtable to table files (the WAL already makes writes durable; this makes them compact and
+    /// indexed, as a long-running worker's store is most of the time).
+    pub fn flush(&self) -> Result<()> {
+        for name in cf::ALL {
+            self.db
+                .flush_cf(self.cf(name)?)
+                .map_err(|e| Error::rocks(format!("flushing {name}"), e))?;
+        }
+        Ok(())
+    }
+
     /// A consistent, openable copy of the store at `dest` (hard links where possible), for backups and replicas.
     pub fn checkpoint(&self, dest: impl AsRef<Path>) -> Result<()> {
         let dest = dest.as_ref();

@@ -130,6 +130,25 @@ impl<'a> StoreView<'a> {
         Ok(out)
     }
 
+    /// The teacher targets of the given kinds for many items, in one MultiGet: per item, one slot per kind.
+    pub fn teacher_targets_of(
+        &self,
+        item_ids: &[&str],
+        kinds: &[String],
+    ) -> Result<Vec<Vec<Option<TeacherTarget>>>> {
+        let keys: Vec<Vec<u8>> = item_ids
+            .iter()
+            .flat_map(|id| kinds.iter().map(move |k| codec::teacher_key(id, k)))
+            .collect();
+        let flat = self.multi_get(cf::TEACHER_TARGETS, &keys, |i, v| {
+            codec::decode_teacher(&kinds[i % kinds.len()], v)
+        })?;
+        Ok(flat
+            .chunks(kinds.len().max(1))
+            .map(<[Option<TeacherTarget>]>::to_vec)
+            .collect())
+    }
+
     pub fn user_interests(&self, user_id: &str) -> Result<Option<UserInterests>> {
         self.get(
             cf::USER_INTERESTS,
