@@ -5,7 +5,7 @@
 //! side is one matrix, the candidates another, and one matrix product (ndarray's blocked GEMM) gives every
 //! candidate-to-user cosine at once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use ndarray::{Array2, ArrayView1};
 
@@ -142,6 +142,17 @@ pub fn match_features(
         .iter()
         .filter_map(|r| r.semantic_ids.as_deref())
         .collect();
+    // Per level l, how many recent items share each code prefix of length l: one lookup per candidate and
+    // level instead of comparing with every recent item.
+    let prefix_counts: Vec<HashMap<&[u32], usize>> = (1..=levels)
+        .map(|level| {
+            let mut counts = HashMap::new();
+            for codes in with_codes.iter().filter(|c| c.len() >= level) {
+                *counts.entry(&codes[..level]).or_default() += 1;
+            }
+            counts
+        })
+        .collect();
 
     // Row layout of the user matrix: [mean?] [clusters] [recent].
     let user_rows: Vec<&[f32]> = mean
@@ -181,10 +192,10 @@ pub fn match_features(
             features.has_semantic_ids = true;
             if !with_codes.is_empty() {
                 for level in 1..=levels.min(codes.len()) {
-                    let same = with_codes
-                        .iter()
-                        .filter(|r| r.len() >= level && r[..level] == codes[..level])
-                        .count();
+                    let same = prefix_counts[level - 1]
+                        .get(&codes[..level])
+                        .copied()
+                        .unwrap_or(0);
                     features.sid_prefix_overlap[level - 1] = same as f32 / with_codes.len() as f32;
                 }
             }
