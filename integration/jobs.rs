@@ -762,6 +762,19 @@ fn movielens_backfill_produces_every_output_and_resumes() {
         assert_eq!(rows as u64, x["rows"].as_u64().unwrap(), "{x}");
         assert!(rows > 0, "{x}");
     }
+    // The held-out co-consumption pairs (10% by default) are not in the training export; eval uses them.
+    let copairs_rows = harness::read_parquet_dir(&d.join("exports/copairs"), true)
+        .iter()
+        .map(|b| b.num_rows())
+        .sum::<usize>() as f64;
+    let trained = datasets.iter().find(|x| x["name"] == "copairs").unwrap()["rows"]
+        .as_f64()
+        .unwrap();
+    let share = 1.0 - trained / copairs_rows;
+    assert!(
+        (0.08..0.12).contains(&share),
+        "held out {share} of {copairs_rows}"
+    );
     let seq_rows: u64 = datasets
         .iter()
         .filter(|x| x["name"].as_str().unwrap().starts_with("seq2item_"))
@@ -881,7 +894,9 @@ fn eval_reports_hand_worked_recall_and_separability() {
         }
         batch.commit().unwrap();
     }
+    // Nothing held out: the four pairs worked out below are all there is to evaluate.
     let out = bin(dir.path())
+        .env("SAILSTREAM__JOBS__COPAIRS_HOLDOUT_PERCENT", "0")
         .args(["eval", "--json", "-", "--compare"])
         .arg(dir.path().join("store"))
         .output()
@@ -908,4 +923,5 @@ fn eval_reports_hand_worked_recall_and_separability() {
     assert_eq!(this["compare"]["kendall_tau"], 1.0);
     assert_eq!(this["compare"]["top10_overlap"], 1.0);
     assert_eq!(report["other"]["copair_i2i"], report["this"]["copair_i2i"]);
+    assert!(this["copair_pairs"].as_str().unwrap().starts_with("all"));
 }

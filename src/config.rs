@@ -72,6 +72,7 @@ pub struct JobsConfig {
     pub output_dir: PathBuf,
     pub copairs_window_ms: u64,
     pub copairs_min_support: u64,
+    pub copairs_holdout_percent: u64,
     pub semantic_id_codebooks: Vec<usize>,
     pub semantic_id_iterations: usize,
     pub semantic_id_seed: u64,

@@ -8,7 +8,7 @@
 //!
 //! | metric | queries | hit |
 //! |---|---|---|
-//! | Copair-i2i Recall@{1,10,25,50,100} | both items of each co-consumption pair (`copairs/`) | the partner ranks within k (the query item left out) |
+//! | Copair-i2i Recall@{1,10,25,50,100} | both items of each held-out co-consumption pair (`copairs/`, `jobs.copairs_holdout_percent`) | the partner ranks within k (the query item left out) |
 //! | Gid-i2i Recall@k | each item's ID-space neighbours (`id2item/i2i/`, per space) | the ID neighbour ranks within k by content |
 //! | seq2item vanilla Recall@{1,10,25} | per user: the newest of the last `eval.vanilla_history` viewed items is the target, `eval.vanilla_query` random others (seeded) the query | the target ranks within k against the mean-pooled query (query items left out) |
 //! | seq2item filtered Recall@{1,10,25} | the seq2item job's samples of strategy `eval.filtered_strategy` (behaviour-consistent with the target, chosen without the model under test) | as vanilla |
@@ -67,6 +67,8 @@ pub struct Report {
     pub items: usize,
     pub search: String,
     pub copair_i2i: Option<Recall>,
+    /// Which co-consumption pairs Copair-i2i and separability use.
+    pub copair_pairs: String,
     /// Per ID space.
     pub gid_i2i: BTreeMap<String, Recall>,
     pub seq2item_vanilla: Option<Recall>,
@@ -269,13 +271,17 @@ pub fn run(config: &Config, store: &Store, other: Option<&Path>) -> Result<Repor
         fnv1a(&bytes)
     };
 
-    // Co-consumption pairs, both directions.
+    // Held-out co-consumption pairs (all of them when nothing is held out), both directions.
+    let holdout = config.jobs.copairs_holdout_percent;
     let mut pairs: Vec<(usize, usize)> = Vec::new();
     for batch in read_parquet(&exports.join("copairs"))? {
         for (a, b) in strings(&batch, "item_a")?
             .into_iter()
             .zip(strings(&batch, "item_b")?)
         {
+            if holdout > 0 && !crate::jobs::copairs::held_out(&a, &b, holdout) {
+                continue;
+            }
             if let (Some(&a), Some(&b)) = (cat.index.get(&a), cat.index.get(&b)) {
                 pairs.push((a, b));
                 pairs.push((b, a));
@@ -455,6 +461,12 @@ pub fn run(config: &Config, store: &Store, other: Option<&Path>) -> Result<Repor
             cat.ids.len()
         ),
         copair_i2i,
+        copair_pairs: if holdout > 0 {
+            format!("the {holdout}% held out of the training export (jobs.copairs_holdout_percent)")
+        } else {
+            "all (jobs.copairs_holdout_percent = 0: nothing is held out of the training export)"
+                .to_string()
+        },
         gid_i2i,
         seq2item_vanilla,
         seq2item_filtered,
@@ -600,6 +612,7 @@ pub fn table(report: &Report, other: Option<&Report>) -> String {
         ));
     }
     out.push_str(&format!("search: {}\n", report.search));
+    out.push_str(&format!("co-consumption pairs: {}\n", report.copair_pairs));
     let width = mine.iter().map(|(n, _)| n.len()).max().unwrap_or(10);
     for (name, value) in &mine {
         match &theirs {

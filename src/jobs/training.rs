@@ -90,8 +90,12 @@ pub async fn run(ctx: &JobContext, config: &Config) -> Result<Manifest> {
             .await
             .map_err(|e| Error::columnar(format!("reading {name}"), e))?;
         let mut shards = ShardWriter::new(&dir, config.jobs.training_shard_rows);
+        let holdout = config.jobs.copairs_holdout_percent;
         while let Some(batch) = stream.next().await {
-            let batch = batch.map_err(|e| Error::columnar(format!("reading {name}"), e))?;
+            let mut batch = batch.map_err(|e| Error::columnar(format!("reading {name}"), e))?;
+            if name == "copairs" && holdout > 0 {
+                batch = without_held_out(&batch, holdout)?;
+            }
             shards.write(&batch)?;
         }
         let (rows, files) = shards.finish()?;
@@ -149,4 +153,24 @@ pub fn assign_weights(datasets: &mut [Dataset], config: &Config) {
             d.weight /= total;
         }
     }
+}
+
+/// The co-consumption pairs minus those held out for evaluation (see [`super::copairs::held_out`]).
+fn without_held_out(
+    batch: &arrow::array::RecordBatch,
+    percent: u64,
+) -> Result<arrow::array::RecordBatch> {
+    use arrow::array::{Array, AsArray, BooleanArray};
+    let column = |name: &str| {
+        batch
+            .column_by_name(name)
+            .and_then(|c| c.as_string_opt::<i32>())
+            .ok_or_else(|| Error::columnar("training copairs", format!("no string column {name}")))
+    };
+    let (a, b) = (column("item_a")?, column("item_b")?);
+    let keep: BooleanArray = (0..a.len())
+        .map(|i| Some(!super::copairs::held_out(a.value(i), b.value(i), percent)))
+        .collect();
+    arrow::compute::filter_record_batch(batch, &keep)
+        .map_err(|e| Error::columnar("filtering held-out copairs", e))
 }
