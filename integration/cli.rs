@@ -41,6 +41,10 @@ fn config_show_layers_file_and_environment() {
     let out = bin()
         .args(["--config", file.to_str().unwrap(), "config", "show"])
         .env("SAILSTREAM__KAFKA__GROUP_ID", "from-env")
+        .env(
+            "SAILSTREAM__SERVE__BEARER_TOKEN",
+            "a-secret-token-of-some-length",
+        )
         .output()
         .unwrap();
     let (stdout, stderr) = text(&out);
@@ -49,6 +53,14 @@ fn config_show_layers_file_and_environment() {
     assert_eq!(shown["store"]["history_cap"].as_integer(), Some(33));
     assert_eq!(shown["kafka"]["group_id"].as_str(), Some("from-env"));
     assert_eq!(shown["store"]["positives_cap"].as_integer(), Some(1000));
+    assert!(
+        !stdout.contains("a-secret-token"),
+        "the bearer token is printed"
+    );
+    assert_eq!(
+        shown["serve"]["bearer_token"].as_str(),
+        Some("<set, not shown>")
+    );
 }
 
 #[test]

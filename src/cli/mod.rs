@@ -33,7 +33,12 @@ pub fn init_logging(config: &Config) {
 }
 
 pub fn config_show(config: &Config) -> Result<()> {
-    print!("{}", config.to_toml()?);
+    let mut shown = config.clone();
+    // A secret does not belong in terminal scrollback or support tickets: say that it is set, not what it is.
+    if !shown.serve.bearer_token.is_empty() {
+        shown.serve.bearer_token = "<set, not shown>".to_string();
+    }
+    print!("{}", shown.to_toml()?);
     Ok(())
 }
 
