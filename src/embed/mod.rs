@@ -385,6 +385,44 @@ pub fn normalize(v: &mut [f32]) {
     }
 }
 
+/// A copy scaled to unit length (a zero vector stays zero).
+pub fn normalized(v: &[f32]) -> Vec<f32> {
+    let mut v = v.to_vec();
+    normalize(&mut v);
+    v
+}
+
+/// Normalised mean of the normalised vectors (those of the first one's dimension); None when there are none.
+pub fn mean_direction<'a>(vectors: impl IntoIterator<Item = &'a [f32]>) -> Option<Vec<f32>> {
+    let mut sum: Option<Vec<f32>> = None;
+    for v in vectors {
+        let v = normalized(v);
+        match &mut sum {
+            None => sum = Some(v),
+            Some(s) if s.len() == v.len() => s.iter_mut().zip(&v).for_each(|(a, b)| *a += b),
+            Some(_) => {}
+        }
+    }
+    sum.map(|mut s| {
+        normalize(&mut s);
+        s
+    })
+}
+
+/// The rows as one matrix, each scaled to unit length (zero rows stay zero), so that a matrix product gives
+/// every cosine at once. The column count is the first row's length.
+pub fn unit_rows(rows: &[&[f32]]) -> ndarray::Array2<f32> {
+    let dim = rows.first().map_or(0, |r| r.len());
+    let mut m = ndarray::Array2::zeros((rows.len(), dim));
+    for (mut out, row) in m.rows_mut().into_iter().zip(rows) {
+        out.iter_mut().zip(row.iter()).for_each(|(o, x)| *o = *x);
+        if let Some(slice) = out.as_slice_mut() {
+            normalize(slice);
+        }
+    }
+    m
+}
+
 pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
     let na = a.iter().map(|x| x * x).sum::<f32>().sqrt();

@@ -5,21 +5,6 @@ use std::collections::HashMap;
 
 use ndarray::{Array2, ArrayView2};
 
-/// Rows L2-normalised (zero rows stay zero).
-pub fn normalized_rows(vectors: &[&[f32]]) -> Array2<f32> {
-    let dim = vectors.first().map_or(0, |v| v.len());
-    let mut m = Array2::zeros((vectors.len(), dim));
-    for (mut row, v) in m.rows_mut().into_iter().zip(vectors) {
-        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        if norm > 0.0 {
-            row.iter_mut()
-                .zip(v.iter())
-                .for_each(|(r, x)| *r = x / norm);
-        }
-    }
-    m
-}
-
 /// 0-based rank of `target` among the catalogue by score (ties count in the target's favour), ignoring the
 /// catalogue rows in `excluded` (the query items themselves).
 pub fn rank_of(scores: &[f32], target: usize, excluded: &[usize]) -> usize {
@@ -189,6 +174,7 @@ pub fn mutual_top1(a: ArrayView2<f32>, b: ArrayView2<f32>) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::embed::unit_rows;
 
     #[test]
     fn ranks_and_recall() {
@@ -246,13 +232,13 @@ mod tests {
             v
         };
         let (e1, e2, e3) = (e(0), e(1), e(2));
-        let a = normalized_rows(&[&e1, &e2, &e3]);
+        let a = unit_rows(&[&e1, &e2, &e3]);
         // Swapped: nobody's nearest is its own partner.
-        let swapped = normalized_rows(&[&e2, &e1, &e3]);
+        let swapped = unit_rows(&[&e2, &e1, &e3]);
         assert!((mutual_top1(a.view(), swapped.view()) - 1.0 / 3.0).abs() < 1e-12);
         // b = [e1, e1, e3]: row 0 hits (first of the tied b_0, b_1), row 1 (e2) is orthogonal to every b and its
         // first-best is b_0, a miss; row 2 hits. 2 of 3.
-        let b = normalized_rows(&[&e1, &e1, &e3]);
+        let b = unit_rows(&[&e1, &e1, &e3]);
         assert!((mutual_top1(a.view(), b.view()) - 2.0 / 3.0).abs() < 1e-12);
         assert_eq!(mutual_top1(a.view(), a.view()), 1.0);
     }

@@ -28,6 +28,7 @@ use ndarray::{Array2, s};
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::embed::{mean_direction, unit_rows};
 use crate::error::{Error, Result};
 use crate::jobs::fnv1a;
 use crate::store::{Store, cf};
@@ -122,7 +123,7 @@ impl Catalogue {
             ));
         }
         let refs: Vec<&[f32]> = raw.iter().map(Vec::as_slice).collect();
-        let vectors = metrics::normalized_rows(&refs);
+        let vectors = unit_rows(&refs);
         let index = ids
             .iter()
             .enumerate()
@@ -166,17 +167,12 @@ impl Catalogue {
 
     /// Normalised mean of the normalised vectors of `items`.
     fn pooled(&self, items: &[usize]) -> Vec<f32> {
-        let mut sum = vec![0f32; self.vectors.ncols()];
-        for &i in items {
-            sum.iter_mut()
-                .zip(self.vectors.row(i))
-                .for_each(|(a, b)| *a += b);
-        }
-        let norm = sum.iter().map(|x| x * x).sum::<f32>().sqrt();
-        if norm > 0.0 {
-            sum.iter_mut().for_each(|x| *x /= norm);
-        }
-        sum
+        mean_direction(
+            items
+                .iter()
+                .map(|&i| self.vectors.row(i).to_slice().expect("rows are contiguous")),
+        )
+        .unwrap_or_else(|| vec![0.0; self.vectors.ncols()])
     }
 }
 
@@ -406,7 +402,7 @@ pub fn run(config: &Config, store: &Store, other: Option<&Path>) -> Result<Repor
         Some(books) if !filtered_queries.is_empty() && !books.levels.is_empty() => {
             let centroids: Vec<&[f32]> = books.levels[0].iter().map(Vec::as_slice).collect();
             if centroids.first().map(|c| c.len()) == Some(cat.vectors.ncols()) {
-                let c = metrics::normalized_rows(&centroids);
+                let c = unit_rows(&centroids);
                 let nearest = |v: &[f32]| {
                     let s = c.dot(&ndarray::ArrayView1::from(v));
                     metrics::top_k(s.as_slice().expect("contiguous"), 1, None)[0] as u32
@@ -437,8 +433,8 @@ pub fn run(config: &Config, store: &Store, other: Option<&Path>) -> Result<Repor
     let with_teacher = sample(with_teacher, e.max_queries, |(i, _)| hash(&[&cat.ids[*i]]));
     let mutual_top1 = (!with_teacher.is_empty()).then(|| {
         let items: Vec<Vec<f32>> = with_teacher.iter().map(|(i, _)| cat.row(*i)).collect();
-        let a = metrics::normalized_rows(&items.iter().map(Vec::as_slice).collect::<Vec<_>>());
-        let b = metrics::normalized_rows(
+        let a = unit_rows(&items.iter().map(Vec::as_slice).collect::<Vec<_>>());
+        let b = unit_rows(
             &with_teacher
                 .iter()
                 .map(|(_, v)| v.as_slice())

@@ -7,7 +7,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use ndarray::{Array2, ArrayView1};
+use ndarray::ArrayView1;
+
+use crate::embed::{cosine, mean_direction, unit_rows};
 
 use super::api::MatchFeatures;
 
@@ -39,54 +41,6 @@ pub struct CandidateSide {
     pub semantic_ids: Option<Vec<u32>>,
     pub seq2item_teacher: Option<Vec<f32>>,
     pub id_vectors: BTreeMap<String, Vec<f32>>,
-}
-
-pub fn normalized(v: &[f32]) -> Vec<f32> {
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if norm > 0.0 {
-        v.iter().map(|x| x / norm).collect()
-    } else {
-        v.to_vec()
-    }
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-/// Cosine without allocating; 0 when either vector is zero.
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let (na, nb) = (dot(a, a).sqrt(), dot(b, b).sqrt());
-    if na > 0.0 && nb > 0.0 {
-        dot(a, b) / (na * nb)
-    } else {
-        0.0
-    }
-}
-
-/// A matrix of the given rows (all of length `dim`), each scaled to unit length in place.
-fn unit_rows<'a>(rows: impl ExactSizeIterator<Item = &'a [f32]>, dim: usize) -> Array2<f32> {
-    let mut m = Array2::zeros((rows.len(), dim));
-    for (mut out, row) in m.rows_mut().into_iter().zip(rows) {
-        let norm = dot(row, row).sqrt();
-        let scale = if norm > 0.0 { 1.0 / norm } else { 0.0 };
-        out.iter_mut().zip(row).for_each(|(o, x)| *o = x * scale);
-    }
-    m
-}
-
-/// Normalised mean of normalised vectors (of one dimension); None when there are none.
-pub fn mean_direction<'a>(vectors: impl IntoIterator<Item = &'a [f32]>) -> Option<Vec<f32>> {
-    let mut sum: Option<Vec<f32>> = None;
-    for v in vectors {
-        let v = normalized(v);
-        match &mut sum {
-            None => sum = Some(v),
-            Some(s) if s.len() == v.len() => s.iter_mut().zip(&v).for_each(|(a, b)| *a += b),
-            Some(_) => {}
-        }
-    }
-    sum.map(|s| normalized(&s))
 }
 
 /// Features for every candidate, in order. `levels`: semantic-ID levels (length of `sid_prefix_overlap`);
@@ -172,14 +126,13 @@ pub fn match_features(
         .map(|(i, _)| i)
         .collect();
     let sims = match (dim, user_rows.is_empty() || comparable.is_empty()) {
-        (Some(d), false) => {
-            let user_matrix = unit_rows(user_rows.into_iter(), d);
-            let cand_matrix = unit_rows(
-                comparable
-                    .iter()
-                    .map(|&i| candidates[i].vector.as_deref().unwrap_or_default()),
-                d,
-            );
+        (Some(_), false) => {
+            let user_matrix = unit_rows(&user_rows);
+            let cand_rows: Vec<&[f32]> = comparable
+                .iter()
+                .map(|&i| candidates[i].vector.as_deref().unwrap_or_default())
+                .collect();
+            let cand_matrix = unit_rows(&cand_rows);
             Some(cand_matrix.dot(&user_matrix.t()))
         }
         _ => None,

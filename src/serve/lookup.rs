@@ -88,7 +88,7 @@ fn embedding_body(
                     && m.matryoshka_prefixes.contains(&d)
             });
             if declared && d < full {
-                (Some(features::normalized(&e.vector[..d])), None)
+                (Some(crate::embed::normalized(&e.vector[..d])), None)
             } else {
                 (
                     None,
