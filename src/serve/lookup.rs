@@ -15,7 +15,7 @@ use super::api::{
 use super::features::{self, CandidateSide, RecentItem, UserSide};
 use super::{ApiError, Catalog, ServeState};
 use crate::schema::ItemEmbedding;
-use crate::store::{HistoryEntry, StoreView, TeacherTarget};
+use crate::store::{HistoryEntry, SemanticIds, StoreView, TeacherTarget};
 
 type Answer<T> = Result<Json<T>, ApiError>;
 
@@ -70,6 +70,14 @@ fn check_dim(catalog: &Catalog, dim: Option<usize>) -> Result<(), ApiError> {
     )))
 }
 
+/// An item's codes, when they were assigned for the model version of its stored vector (during a re-embed the
+/// codes of the old version are meaningless next to the new vector).
+fn codes_of(e: &ItemEmbedding, codes: Option<SemanticIds>) -> Option<Vec<u32>> {
+    codes
+        .filter(|(version, _)| *version == e.model_version)
+        .map(|(_, c)| c)
+}
+
 /// The stored vector, or the requested prefix of it renormalised (when the item's model declares it).
 fn embedding_body(
     catalog: &Catalog,
@@ -77,6 +85,7 @@ fn embedding_body(
     codes: Option<(String, Vec<u32>)>,
     dim: Option<usize>,
 ) -> ItemEmbeddingBody {
+    let semantic_ids = codes_of(&e, codes);
     let full = e.vector.len();
     let (vector, problem) = match dim {
         None => (Some(e.vector), None),
@@ -100,9 +109,6 @@ fn embedding_body(
             }
         }
     };
-    let semantic_ids = codes
-        .filter(|(version, _)| *version == e.model_version)
-        .map(|(_, c)| c);
     ItemEmbeddingBody {
         item_id: e.item_id,
         found: true,
@@ -244,10 +250,9 @@ fn recent_distinct(positives: &[HistoryEntry], n: usize) -> Vec<&str> {
 
 /// The teacher kinds match features read: `seq2item` and `id:<space>` for every configured ID space plus the
 /// learned one. Read by key (one MultiGet) rather than by scanning each item's targets.
-fn teacher_kinds(state: &ServeState) -> Vec<String> {
+pub(super) fn teacher_kinds(config: &crate::config::Config) -> Vec<String> {
     let mut kinds = vec![SEQ2ITEM_KIND.to_string()];
-    let spaces = state
-        .config
+    let spaces = config
         .id_spaces
         .keys()
         .map(String::as_str)
@@ -292,7 +297,7 @@ fn vectors_and_codes(
         .zip(codes)
         .map(|(e, c)| match e {
             Some(e) => {
-                let codes = c.filter(|(v, _)| *v == e.model_version).map(|(_, c)| c);
+                let codes = codes_of(&e, c);
                 (Some(e.vector), codes)
             }
             None => (None, None),
@@ -316,8 +321,8 @@ pub(super) async fn match_features(
     let interests = view.user_interests(&request.user_id)?;
     let positives = view.user_positives(&request.user_id)?;
     let recent_ids = recent_distinct(&positives, state.config.serve.recent_positives);
-    let kinds = teacher_kinds(&state);
-    let recent_teachers = view.teacher_targets_of(&recent_ids, &kinds)?;
+    let kinds = &state.teacher_kinds;
+    let recent_teachers = view.teacher_targets_of(&recent_ids, kinds)?;
     let mut recent = Vec::with_capacity(recent_ids.len());
     for ((vector, codes), targets) in vectors_and_codes(&view, &recent_ids)?
         .into_iter()
@@ -348,7 +353,7 @@ pub(super) async fn match_features(
     };
 
     let ids: Vec<&str> = request.candidates.iter().map(String::as_str).collect();
-    let candidate_teachers = view.teacher_targets_of(&ids, &kinds)?;
+    let candidate_teachers = view.teacher_targets_of(&ids, kinds)?;
     let mut candidates = Vec::with_capacity(ids.len());
     for ((vector, codes), targets) in vectors_and_codes(&view, &ids)?
         .into_iter()

@@ -37,6 +37,8 @@ pub struct ServeState {
     config: Config,
     prometheus: Option<PrometheusHandle>,
     catalog: RwLock<Catalog>,
+    /// The teacher-target kinds match features read (fixed by the config).
+    teacher_kinds: Vec<String>,
     /// When the store view last caught up (ms since the epoch).
     caught_up_ms: AtomicI64,
     problem: Mutex<Option<String>>,
@@ -57,6 +59,7 @@ impl ServeState {
     ) -> Result<Arc<ServeState>> {
         let state = Arc::new(ServeState {
             store,
+            teacher_kinds: lookup::teacher_kinds(&config),
             config,
             prometheus,
             catalog: RwLock::new(Catalog::default()),

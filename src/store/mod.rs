@@ -19,7 +19,7 @@ pub use codec::{
     Codebooks, HistoryEntry, InterestCluster, ItemStats, LogRow, ModelInfo, TeacherTarget,
     UserInterests,
 };
-pub use view::StoreView;
+pub use view::{SemanticIds, StoreView};
 
 /// On-disk format this build writes. Bumped when a layout changes incompatibly.
 pub const FORMAT_VERSION: u32 = 1;
@@ -153,15 +153,7 @@ impl Store {
     /// Opens an existing store (or a checkpoint of one) read-only; works while a writer holds the live store.
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<Store> {
         let path = path.as_ref().to_path_buf();
-        if !path.join("CURRENT").exists() {
-            return Err(Error::invalid(
-                "store path",
-                format!(
-                    "{} is not a sailstream store (no CURRENT file)",
-                    path.display()
-                ),
-            ));
-        }
+        require_existing(&path, "")?;
         let opts = db_options();
         let names = Self::all_cf_names(&opts, &path);
         let db = DB::open_cf_descriptors_read_only(&opts, &path, descriptors(&names), false)
@@ -182,15 +174,7 @@ impl Store {
     pub fn open_secondary(path: impl AsRef<Path>, scratch: impl AsRef<Path>) -> Result<Store> {
         let path = path.as_ref().to_path_buf();
         let scratch = scratch.as_ref();
-        if !path.join("CURRENT").exists() {
-            return Err(Error::invalid(
-                "store path",
-                format!(
-                    "{} is not a sailstream store (no CURRENT file); start the worker or a replay first",
-                    path.display()
-                ),
-            ));
-        }
+        require_existing(&path, "; start the worker or a replay first")?;
         std::fs::create_dir_all(scratch).map_err(|e| {
             Error::io(
                 format!("creating secondary scratch directory {}", scratch.display()),
@@ -689,6 +673,20 @@ impl Store {
             .put_cf(self.cf(cf::META)?, FORMAT_KEY, version.to_be_bytes())
             .map_err(|e| Error::rocks("writing format version", e))
     }
+}
+
+/// Readers open only what a writer created: RocksDB's own error for a missing store is far less clear.
+fn require_existing(path: &Path, hint: &str) -> Result<()> {
+    if path.join("CURRENT").exists() {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        "store path",
+        format!(
+            "{} is not a sailstream store (no CURRENT file){hint}",
+            path.display()
+        ),
+    ))
 }
 
 fn open_error(path: &Path, e: rocksdb::Error) -> Error {
