@@ -64,12 +64,7 @@ fn events() -> Vec<Ev> {
 }
 
 fn bin(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sailstream"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("SAILSTREAM") {
-            c.env_remove(k);
-        }
-    }
+    let mut c = harness::sailstream();
     c.env("SAILSTREAM__STORE__PATH", dir.join("store"))
         .env("SAILSTREAM__OFFLINE_LOG__PATH", dir.join("log"))
         .env("SAILSTREAM__JOBS__OUTPUT_DIR", dir.join("exports"))

@@ -216,14 +216,7 @@ fn demo_through_the_broker_produces_once_and_streams_into_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path();
     let run = || {
-        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_sailstream"));
-        c.current_dir(env!("CARGO_MANIFEST_DIR"));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("SAILSTREAM") || k == "RUST_LOG" {
-                c.env_remove(k);
-            }
-        }
-        let out = c
+        let out = harness::sailstream()
             .args(["demo", "--events", "pipelines/sample", "--kafka"])
             .arg(broker.bootstrap())
             .env("SAILSTREAM__STORE__PATH", state.join("store"))

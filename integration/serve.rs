@@ -20,13 +20,7 @@ const SAMPLE_ITEMS: &str = "pipelines/sample/items.jsonl";
 const SAMPLE_BEHAVIOURS: &str = "pipelines/sample/behaviours.jsonl";
 
 fn bin(state: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sailstream"));
-    c.current_dir(env!("CARGO_MANIFEST_DIR"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("SAILSTREAM") || k == "RUST_LOG" {
-            c.env_remove(k);
-        }
-    }
+    let mut c = harness::sailstream();
     c.env("SAILSTREAM__STORE__PATH", state.join("store"))
         .env("SAILSTREAM__OFFLINE_LOG__PATH", state.join("log"))
         .env("SAILSTREAM__JOBS__OUTPUT_DIR", state.join("exports"))

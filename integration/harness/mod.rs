@@ -24,6 +24,19 @@ pub fn tansu_binary() -> PathBuf {
     Path::new(&home).join(".local/tansu/bin/tansu")
 }
 
+/// The `sailstream` binary as a user runs it from the repository root, without the caller's `SAILSTREAM*` and
+/// `RUST_LOG` settings, so that a developer's environment cannot change what a test sees.
+pub fn sailstream() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sailstream"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SAILSTREAM") || k == "RUST_LOG" {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind an ephemeral loopback port")
