@@ -323,17 +323,8 @@ pub async fn worker(config: &Config) -> Result<()> {
 pub fn eval(config: &Config, compare: Option<PathBuf>, json: Option<PathBuf>) -> Result<()> {
     let store = Store::open_read_only(&config.store.path)?;
     let started = Instant::now();
-    let report = sailstream::eval::run(config, &store, compare.as_deref())?;
-    // The other store, judged the same way (its own exports are not at hand: only the store-based metrics and
-    // this store's exports apply, so both columns use the same pairs and samples).
-    let other = match &compare {
-        Some(path) => Some(sailstream::eval::run(
-            config,
-            &Store::open_read_only(path)?,
-            None,
-        )?),
-        None => None,
-    };
+    // With --compare, the other store is judged against this store's exports: the same pairs and samples.
+    let (report, other) = sailstream::eval::run(config, &store, compare.as_deref())?;
     let as_json = || -> Result<String> {
         let value = match &other {
             None => serde_json::to_value(&report),
@@ -471,7 +462,7 @@ pub async fn demo(
     }
     if config.embed.enabled {
         print_features(&Store::open_read_only(&config.store.path)?, config)?;
-        let report =
+        let (report, _) =
             sailstream::eval::run(config, &Store::open_read_only(&config.store.path)?, None)?;
         println!("\nQuality of the embeddings (`sailstream eval`, the paper's offline metrics):");
         print!("{}", sailstream::eval::table(&report, None));

@@ -252,20 +252,41 @@ fn string_lists(batch: &RecordBatch, name: &str) -> Result<Vec<Vec<String>>> {
         .collect()
 }
 
-/// Evaluates the store's embeddings; with `other`, also compares them with another store's.
-pub fn run(config: &Config, store: &Store, other: Option<&Path>) -> Result<Report> {
+/// A stable hash of some strings under the eval seed: it orders the seeded samples.
+fn seeded_hash(seed: u64, parts: &[&str]) -> u64 {
+    let mut bytes = seed.to_le_bytes().to_vec();
+    for p in parts {
+        bytes.extend_from_slice(p.as_bytes());
+        bytes.push(0);
+    }
+    fnv1a(&bytes)
+}
+
+/// Evaluates the store's embeddings. With `other`, evaluates that store the same way (against this store's
+/// exports, so both use the same pairs and samples) and adds the comparison of the two models to the first
+/// report; each store and its catalogue are read once.
+pub fn run(
+    config: &Config,
+    store: &Store,
+    other: Option<&Path>,
+) -> Result<(Report, Option<Report>)> {
     let cat = Catalogue::load(store)?;
+    let mut report = evaluate(config, store, &cat)?;
+    let Some(path) = other else {
+        return Ok((report, None));
+    };
+    let other_store = Store::open_read_only(path)?;
+    let other_cat = Catalogue::load(&other_store)?;
+    let other_report = evaluate(config, &other_store, &other_cat)?;
+    report.compare = Some(compare(&cat, &other_cat, path, config)?);
+    Ok((report, Some(other_report)))
+}
+
+/// Every metric of one store's catalogue (no comparison).
+fn evaluate(config: &Config, store: &Store, cat: &Catalogue) -> Result<Report> {
     let e = &config.eval;
     let exports = &config.jobs.output_dir;
-    let seed = e.seed;
-    let hash = |parts: &[&str]| {
-        let mut bytes = seed.to_le_bytes().to_vec();
-        for p in parts {
-            bytes.extend_from_slice(p.as_bytes());
-            bytes.push(0);
-        }
-        fnv1a(&bytes)
-    };
+    let hash = |parts: &[&str]| seeded_hash(e.seed, parts);
 
     // Held-out co-consumption pairs (all of them when nothing is held out), both directions.
     let holdout = config.jobs.copairs_holdout_percent;
@@ -443,11 +464,6 @@ pub fn run(config: &Config, store: &Store, other: Option<&Path>) -> Result<Repor
         metrics::mutual_top1(a.view(), b.view())
     });
 
-    let compare = match other {
-        Some(path) => Some(compare(&cat, path, e.max_queries.min(1000), &hash)?),
-        None => None,
-    };
-
     Ok(Report {
         store: store.path().to_path_buf(),
         model: cat.model.clone(),
@@ -469,19 +485,19 @@ pub fn run(config: &Config, store: &Store, other: Option<&Path>) -> Result<Repor
         separability,
         nmi,
         mutual_top1,
-        compare,
+        compare: None,
     })
 }
 
 /// Kendall tau and top-10 overlap between this store's model and another store's, over shared items.
 fn compare(
     cat: &Catalogue,
+    other: &Catalogue,
     other_path: &Path,
-    max_queries: usize,
-    hash: &dyn Fn(&[&str]) -> u64,
+    config: &Config,
 ) -> Result<Comparison> {
-    let other_store = Store::open_read_only(other_path)?;
-    let other = Catalogue::load(&other_store)?;
+    let max_queries = config.eval.max_queries.min(1000);
+    let hash = |parts: &[&str]| seeded_hash(config.eval.seed, parts);
     // Shared items, in this catalogue's order, mapped to rows of both.
     let shared: Vec<(usize, usize)> = cat
         .ids
@@ -544,7 +560,7 @@ fn compare(
     let n = queries.len() as f64;
     Ok(Comparison {
         other_store: other_path.to_path_buf(),
-        other_model: other.model,
+        other_model: other.model.clone(),
         queries: queries.len(),
         kendall_tau: tau / n,
         top10_overlap: overlap / n,
