@@ -148,6 +148,7 @@ pub struct FileInput {
 pub struct IngestConfig {
     pub batch_size: usize,
     pub linger_ms: u64,
+    pub state_cache_mb: usize,
     #[serde(default)]
     pub files: Vec<FileInput>,
 }
@@ -333,6 +334,12 @@ impl Config {
             1_000_000,
         )?;
         range("ingest.linger_ms", self.ingest.linger_ms, 0, 60_000)?;
+        range(
+            "ingest.state_cache_mb",
+            size(self.ingest.state_cache_mb),
+            0,
+            1 << 20,
+        )?;
         if self.offline_log.path.as_os_str().is_empty() {
             return Err(Error::config("offline_log.path", "must not be empty"));
         }

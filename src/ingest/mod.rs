@@ -5,6 +5,7 @@
 //! together with the next offset of every partition it touched in one RocksDB batch. A record whose offset is
 //! below the stored position was already applied and is skipped, so redelivery after a crash counts nothing twice.
 
+mod cache;
 pub mod dlq;
 pub mod files;
 pub mod kafka;
@@ -82,6 +83,8 @@ pub struct Ingestor {
     next: HashMap<(String, i32), i64>,
     /// The offline event log, when enabled: rows are queued in the store with each batch, rolled into segments.
     log: Option<(log::OfflineLog, log::LogSequence)>,
+    /// Per-user lists and per-item counters from earlier batches (see `cache`).
+    cache: cache::StateCache,
 }
 
 impl Ingestor {
@@ -96,6 +99,7 @@ impl Ingestor {
             None
         };
         Ok(Ingestor {
+            cache: cache::StateCache::new(config.ingest.state_cache_mb << 20),
             positives: Positives::new(&config.positives),
             store,
             config,
@@ -168,26 +172,40 @@ impl Ingestor {
             records: records.len(),
             ..Default::default()
         };
-        let mut fold = state::Fold::new(&self.store, &self.config, &self.positives);
+        let mut fold =
+            state::Fold::new(&self.store, &mut self.cache, &self.config, &self.positives);
         let mut dead = Vec::new();
-        let mut moved: HashMap<(String, i32), i64> = HashMap::new();
+        // (stream, partition, next offset) of every partition in the batch: a handful, so a list beats a map
+        // whose key would be cloned per record.
+        let mut moved: Vec<(String, i32, i64)> = Vec::new();
         let mut applied_by_topic: HashMap<&str, u64> = HashMap::new();
         let mut log_rows = Vec::new();
         let ingest_ts = now_ms();
+        // Counters per topic, added to the metrics once per batch (a labelled counter per record costs a
+        // registry lookup and a label allocation each).
+        let mut consumed_by_topic: HashMap<&str, u64> = HashMap::new();
+        let mut duplicates_by_topic: HashMap<&str, u64> = HashMap::new();
         for rec in records {
-            metrics::counter!(m::RECORDS_CONSUMED, "topic" => rec.topic.clone()).increment(1);
-            let pos = (rec.stream.clone(), rec.partition);
-            let next = moved
-                .get(&pos)
-                .or_else(|| self.next.get(&pos))
-                .copied()
-                .unwrap_or(i64::MIN);
-            if rec.offset < next {
+            *consumed_by_topic.entry(rec.topic.as_str()).or_default() += 1;
+            let at = match moved
+                .iter()
+                .position(|(s, p, _)| *s == rec.stream && *p == rec.partition)
+            {
+                Some(at) => at,
+                None => {
+                    let pos = (rec.stream.clone(), rec.partition);
+                    let stored = self.next.get(&pos).copied().unwrap_or(i64::MIN);
+                    moved.push((pos.0, pos.1, stored));
+                    moved.len() - 1
+                }
+            };
+            let next = &mut moved[at].2;
+            if rec.offset < *next {
                 report.duplicates += 1;
-                metrics::counter!(m::RECORDS_DUPLICATE, "topic" => rec.topic.clone()).increment(1);
+                *duplicates_by_topic.entry(rec.topic.as_str()).or_default() += 1;
                 continue;
             }
-            moved.insert(pos, rec.offset + 1);
+            *next = rec.offset + 1;
             let decoded = match InputKind::for_topic(&self.config, &rec.topic) {
                 Some(kind) => schema::decode(kind, &rec.payload, &self.config),
                 None => Err(schema::DecodeError::new(
@@ -235,10 +253,7 @@ impl Ingestor {
         self.dlq.send_all(&dead).await?;
         let mut batch = self.store.batch();
         fold.write_into(&mut batch)?;
-        let mut positions: Vec<(String, i32, i64)> = moved
-            .iter()
-            .map(|((s, p), o)| (s.clone(), *p, *o))
-            .collect();
+        let mut positions = moved;
         positions.sort();
         for (stream, partition, next) in &positions {
             batch.set_offset(stream, *partition, *next)?;
@@ -254,13 +269,24 @@ impl Ingestor {
         }
         batch.add_events(report.records);
         batch.commit()?;
-        self.next.extend(moved);
+        fold.committed();
+        self.next.extend(
+            positions
+                .iter()
+                .map(|(stream, partition, next)| ((stream.clone(), *partition), *next)),
+        );
         if let Some((_, seq)) = &mut self.log {
             seq.next_seq += logged;
             seq.pending += logged;
             if logged > 0 && seq.oldest_pending.is_none() {
                 seq.oldest_pending = Some(Instant::now());
             }
+        }
+        for (topic, n) in consumed_by_topic {
+            metrics::counter!(m::RECORDS_CONSUMED, "topic" => topic.to_string()).increment(n);
+        }
+        for (topic, n) in duplicates_by_topic {
+            metrics::counter!(m::RECORDS_DUPLICATE, "topic" => topic.to_string()).increment(n);
         }
         // Counted once committed, so a retried batch is not counted twice.
         for (topic, n) in applied_by_topic {

@@ -1,8 +1,11 @@
 //! Folding decoded events into store state, with an in-memory overlay so that several events on the same key
 //! in one batch see each other before the batch is written.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::hash_map::Entry;
 
+use foldhash::{HashMap, HashSet};
+
+use super::cache::{Key, StateCache, Value};
 use crate::config::{Config, PositivesConfig};
 use crate::error::Result;
 use crate::schema::{Action, Behaviour, Event, IdEmbedding, Item};
@@ -64,6 +67,7 @@ impl Positives {
 
 pub(super) struct Fold<'a> {
     store: &'a Store,
+    cache: &'a mut StateCache,
     history_cap: usize,
     positives_cap: usize,
     positives: &'a Positives,
@@ -80,18 +84,24 @@ pub(super) struct Fold<'a> {
 }
 
 impl<'a> Fold<'a> {
-    pub fn new(store: &'a Store, config: &Config, positives: &'a Positives) -> Fold<'a> {
+    pub fn new(
+        store: &'a Store,
+        cache: &'a mut StateCache,
+        config: &Config,
+        positives: &'a Positives,
+    ) -> Fold<'a> {
         Fold {
             store,
+            cache,
             history_cap: config.store.history_cap,
             positives_cap: config.store.positives_cap,
             positives,
-            items: HashMap::new(),
-            stats: HashMap::new(),
-            new_item_users: HashSet::new(),
-            histories: HashMap::new(),
-            user_positives: HashMap::new(),
-            id_embeddings: HashMap::new(),
+            items: HashMap::default(),
+            stats: HashMap::default(),
+            new_item_users: HashSet::default(),
+            histories: HashMap::default(),
+            user_positives: HashMap::default(),
+            id_embeddings: HashMap::default(),
             id_embedding_writes: Vec::new(),
             dirty_items: Vec::new(),
         }
@@ -136,12 +146,18 @@ impl<'a> Fold<'a> {
         let store = self.store;
         let key = (b.item_id.clone(), stream.to_string(), partition);
         let stats = match self.stats.entry(key) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => v.insert(
-                store
-                    .item_stats_partial(&b.item_id, stream, partition)?
-                    .unwrap_or_default(),
-            ),
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(v) => {
+                let (item, stream, partition) = v.key().clone();
+                let key = Key::Stats(item, stream, partition);
+                let stats = match self.cache.take(&key) {
+                    Some(Value::Stats(s)) => s,
+                    _ => store
+                        .item_stats_partial(&b.item_id, v.key().1.as_str(), partition)?
+                        .unwrap_or_default(),
+                };
+                v.insert(stats)
+            }
         };
         if stats.events == 0 {
             stats.first_ts = b.ts;
@@ -158,18 +174,22 @@ impl<'a> Fold<'a> {
         stats.last_ts = stats.last_ts.max(b.ts);
 
         let history = match self.histories.entry(b.user_id.clone()) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(store.user_history(&b.user_id)?)
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(v) => {
+                let key = Key::History(v.key().clone());
+                let list = cached_list(self.cache, &key, || store.user_history(&b.user_id))?;
+                v.insert(list)
             }
         };
         insert_capped(history, entry.clone(), self.history_cap);
 
         if positive {
             let list = match self.user_positives.entry(b.user_id.clone()) {
-                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(store.user_positives(&b.user_id)?)
+                Entry::Occupied(o) => o.into_mut(),
+                Entry::Vacant(v) => {
+                    let key = Key::Positives(v.key().clone());
+                    let list = cached_list(self.cache, &key, || store.user_positives(&b.user_id))?;
+                    v.insert(list)
                 }
             };
             insert_capped(list, entry, self.positives_cap);
@@ -197,24 +217,37 @@ impl<'a> Fold<'a> {
         Ok(true)
     }
 
-    pub fn write_into(self, batch: &mut StateBatch<'_>) -> Result<()> {
-        for id in &self.dirty_items {
+    /// Writes the batch's state in key order per family: RocksDB's memtable insert starts its search where the
+    /// previous insert ended, so sorted keys land near each other instead of each walking the skiplist from the top.
+    pub fn write_into(&self, batch: &mut StateBatch<'_>) -> Result<()> {
+        let mut dirty_items = self.dirty_items.clone();
+        dirty_items.sort_unstable();
+        for id in &dirty_items {
             if let Some(Some(item)) = self.items.get(id) {
                 batch.put_item(item)?;
+            }
+        }
+        for id in &dirty_items {
+            if let Some(Some(item)) = self.items.get(id) {
                 batch.put_embed_pending(&item.item_id, item.version)?;
             }
         }
-        for ((id, stream, partition), stats) in &self.stats {
+        for ((id, stream, partition), stats) in sorted(&self.stats) {
             batch.put_item_stats(id, stream, *partition, stats)?;
         }
-        for (item, user) in &self.new_item_users {
+        let mut new_item_users: Vec<_> = self.new_item_users.iter().collect();
+        new_item_users.sort_unstable();
+        for (item, user) in new_item_users {
             batch.put_item_user(item, user)?;
         }
-        for (user, list) in &self.histories {
+        for (user, list) in sorted(&self.histories) {
             batch.put_user_history(user, list)?;
         }
-        for (user, list) in &self.user_positives {
+        let positives = sorted(&self.user_positives);
+        for (user, list) in &positives {
             batch.put_user_positives(user, list)?;
+        }
+        for (user, _) in &positives {
             batch.put_interests_pending(user)?;
         }
         for e in &self.id_embedding_writes {
@@ -222,6 +255,39 @@ impl<'a> Fold<'a> {
         }
         Ok(())
     }
+
+    /// Hands the batch's lists and counters to the cache for the next batches. Call only once the batch is
+    /// committed: the cache must never hold state the store does not.
+    pub fn committed(self) {
+        for ((item, stream, partition), stats) in self.stats {
+            self.cache
+                .put(Key::Stats(item, stream, partition), Value::Stats(stats));
+        }
+        for (user, list) in self.histories {
+            self.cache.put(Key::History(user), Value::List(list));
+        }
+        for (user, list) in self.user_positives {
+            self.cache.put(Key::Positives(user), Value::List(list));
+        }
+    }
+}
+
+/// A user's list from the cache, or else from the store.
+fn cached_list(
+    cache: &mut StateCache,
+    key: &Key,
+    read: impl FnOnce() -> Result<Vec<HistoryEntry>>,
+) -> Result<Vec<HistoryEntry>> {
+    match cache.take(key) {
+        Some(Value::List(list)) => Ok(list),
+        _ => read(),
+    }
+}
+
+fn sorted<K: Ord, V>(map: &HashMap<K, V>) -> Vec<(&K, &V)> {
+    let mut entries: Vec<_> = map.iter().collect();
+    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    entries
 }
 
 /// Keeps `list` ordered by timestamp (arrival order among equal timestamps) and at most `cap` long, dropping the
