@@ -6,7 +6,7 @@
 //!    reading and JSON-parsing the same lines (the floor any replay pays).
 //!
 //! Run: `cargo bench --bench ingest` (release build; needs scripts/setup.sh for the broker).
-//! Sizes: BENCH_KAFKA_EVENTS (default 300000), BENCH_FILE_EVENTS (default 1000000).
+//! Sizes: BENCH_KAFKA_EVENTS (default 300000), BENCH_FILE_EVENTS (default 1000000), BENCH_USERS (default 20000).
 
 #[path = "../integration/harness/mod.rs"]
 mod harness;
@@ -33,8 +33,14 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// Users the events are spread over (BENCH_USERS, default 20,000: ~50 events each in the 1M-event replay; fewer
+/// users means longer histories, which then hit `store.history_cap` and get trimmed).
+fn users() -> usize {
+    env_usize("BENCH_USERS", 20_000)
+}
+
 fn event(i: usize) -> (String, Vec<u8>) {
-    let user = format!("u{}", (i * 7919) % 20_000);
+    let user = format!("u{}", (i * 7919) % users());
     let json = format!(
         r#"{{"user_id":"{user}","item_id":"i{}","action":"{}","dwell_ms":{},"ts":{}}}"#,
         (i * 104_729) % 50_000,

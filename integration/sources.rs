@@ -209,6 +209,89 @@ async fn history_caps_keep_the_newest() {
     assert_eq!(p, (45..50).map(|i| format!("i{i}")).collect::<Vec<_>>());
 }
 
+/// Late events, equal timestamps, several users per batch and interrupted replays: each stored list must be the
+/// newest `cap` events in (time, arrival) order, worked out here by a stable sort of everything the user sent.
+#[tokio::test]
+async fn history_caps_hold_for_late_and_tied_events_across_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("b.jsonl");
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    // (user, item, action, ts): ts mostly rising per user, one in four up to a minute late, many ties.
+    let mut evs = Vec::new();
+    let mut clock = [1_700_000_000_000i64; 4];
+    for i in 0..2_000 {
+        let u = next(4) as usize;
+        clock[u] += next(3) as i64 * 1_000;
+        let ts = if next(4) == 0 {
+            clock[u] - next(60) as i64 * 1_000
+        } else {
+            clock[u]
+        };
+        let action = ["like", "impression", "play", "share"][next(4) as usize];
+        evs.push((format!("u{u}"), format!("i{i}"), action, ts));
+    }
+    let lines: String = evs
+        .iter()
+        .map(|(u, i, a, ts)| format!("{{\"user_id\":\"{u}\",\"item_id\":\"{i}\",\"action\":\"{a}\",\"dwell_ms\":0,\"ts\":{ts}}}\n"))
+        .collect();
+    std::fs::write(&file, lines).unwrap();
+    let inputs = [FileInput {
+        path: file,
+        topic: "sail.behaviours".into(),
+        format: FileFormat::Jsonl,
+    }];
+    let mut cfg = config(&dir.path().join("store"), 37);
+    cfg.store.history_cap = 25;
+    cfg.store.positives_cap = 10;
+    replay(&cfg, &inputs, Some(9)).await;
+    replay(&cfg, &inputs, Some(20)).await;
+    replay(&cfg, &inputs, None).await;
+
+    let store = Store::open_read_only(&cfg.store.path).unwrap();
+    for u in 0..4 {
+        let user = format!("u{u}");
+        let newest = |positive_only: bool, cap: usize| {
+            let mut mine: Vec<_> = evs
+                .iter()
+                .filter(|e| e.0 == user && (!positive_only || matches!(e.2, "like" | "share")))
+                .collect();
+            mine.sort_by_key(|e| e.3); // stable: arrival order among equal timestamps
+            let keep = mine.len().saturating_sub(cap);
+            mine[keep..]
+                .iter()
+                .map(|e| (e.1.clone(), e.3))
+                .collect::<Vec<_>>()
+        };
+        let got = |list: Vec<sailstream::store::HistoryEntry>| {
+            list.into_iter()
+                .map(|e| (e.item_id, e.ts))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            got(store.user_history(&user).unwrap()),
+            newest(false, 25),
+            "history of {user}"
+        );
+        assert_eq!(
+            got(store.user_positives(&user).unwrap()),
+            newest(true, 10),
+            "positives of {user}"
+        );
+    }
+    assert_eq!(
+        store
+            .list_users(sailstream::store::cf::USER_HISTORIES, 10)
+            .unwrap(),
+        ["u0", "u1", "u2", "u3"]
+    );
+}
+
 #[tokio::test]
 async fn parquet_typed_and_event_log_layouts_replay_like_jsonl() {
     let dir = tempfile::tempdir().unwrap();

@@ -127,6 +127,57 @@ fn a_second_writer_gets_a_clear_locked_error() {
     Store::open_read_only(dir.path()).unwrap();
 }
 
+/// A format-1 store (one list value per user) is upgraded in place by the first writer; readers refuse it until
+/// then with an error that says so.
+#[test]
+fn a_format_1_store_is_upgraded_by_a_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let entry = |id: &str, ts: i64, action: Action| HistoryEntry {
+        item_id: id.into(),
+        action,
+        ts,
+        dwell_ms: 7,
+        rating: None,
+    };
+    let history = vec![
+        entry("a", 10, Action::Play),
+        entry("b", 10, Action::Like),
+        entry("c", 30, Action::Play),
+    ];
+    let positives = vec![entry("b", 10, Action::Like)];
+    {
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .write_format1_list(cf::USER_HISTORIES, "u1", &history)
+            .unwrap();
+        store
+            .write_format1_list(cf::USER_POSITIVES, "u1", &positives)
+            .unwrap();
+        store
+            .write_format1_list(cf::USER_HISTORIES, "u2", &history[2..])
+            .unwrap();
+        store.force_format_version(1).unwrap();
+    }
+    let err = Store::open_read_only(dir.path()).unwrap_err();
+    assert!(
+        matches!(err, Error::StoreFormatTooOld { found: 1, .. }),
+        "{err:?}"
+    );
+    assert_eq!(err.fault(), Fault::User);
+    assert!(err.to_string().contains("sailstream worker"), "{err}");
+
+    drop(Store::open(dir.path()).unwrap());
+    let store = Store::open_read_only(dir.path()).unwrap();
+    assert_eq!(store.user_history("u1").unwrap(), history);
+    assert_eq!(store.user_positives("u1").unwrap(), positives);
+    assert_eq!(store.user_history("u2").unwrap(), history[2..]);
+    assert_eq!(
+        store.list_users(cf::USER_HISTORIES, 10).unwrap(),
+        ["u1", "u2"]
+    );
+    assert_eq!(store.list_users(cf::USER_POSITIVES, 10).unwrap(), ["u1"]);
+}
+
 #[test]
 fn a_store_from_a_newer_format_is_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -40,6 +40,15 @@ pub enum Error {
         supported: u32,
     },
 
+    #[error(
+        "store at {path} has format version {found}, older than the {supported} this build reads; open it once with a writer (`sailstream worker` or `sailstream replay`) to upgrade it in place"
+    )]
+    StoreFormatTooOld {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+
     #[error("store corrupt: {context}")]
     StoreCorrupt { context: String },
 
@@ -95,6 +104,7 @@ impl Error {
             | Error::InvalidInput { .. }
             | Error::StoreLocked { .. }
             | Error::StoreFormatTooNew { .. }
+            | Error::StoreFormatTooOld { .. }
             | Error::Manifest { .. }
             | Error::NotEmbeddable { .. } => Fault::User,
             Error::RocksDb { .. }

@@ -749,7 +749,7 @@ fn print_store(store: &Store, config: &Config) -> Result<()> {
             truncate(&title, 48)
         );
     }
-    if let Some(user) = store.ids(cf::USER_HISTORIES, 1)?.into_iter().next() {
+    if let Some(user) = store.list_users(cf::USER_HISTORIES, 1)?.into_iter().next() {
         let history = store.user_history(&user)?;
         let positives = store.user_positives(&user)?;
         println!(

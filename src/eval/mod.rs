@@ -341,7 +341,7 @@ fn evaluate(config: &Config, store: &Store, cat: &Catalogue) -> Result<Report> {
     }
 
     // seq2item vanilla: the stored viewing histories.
-    let users = store.ids(cf::USER_HISTORIES, usize::MAX)?;
+    let users = store.list_users(cf::USER_HISTORIES, usize::MAX)?;
     let users = sample(users, e.max_queries, |u| hash(&[u]));
     let mut vanilla = Vec::new();
     for user in &users {

@@ -1,5 +1,5 @@
-//! Decoded state kept between batches: the per-user lists and per-item counters that almost every event reads
-//! back. Without it each batch fetches and decodes them from RocksDB again (memtable skiplist walks, then block
+//! Decoded state kept between batches: the heads of per-user lists and the per-item counters that almost every
+//! event reads back. Without it each batch fetches and decodes them from RocksDB again (memtable skiplist walks, then block
 //! lookups), which was most of the replay time in a profile.
 //!
 //! Entries move out of the cache into a batch's overlay while the batch is built and come back only after the
@@ -11,7 +11,7 @@ use std::mem::size_of;
 
 use foldhash::HashMap;
 
-use crate::store::{HistoryEntry, ItemStats};
+use crate::store::{ItemStats, ListHead};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(super) enum Key {
@@ -23,7 +23,7 @@ pub(super) enum Key {
 
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Value {
-    List(Vec<HistoryEntry>),
+    Head(ListHead),
     Stats(ItemStats),
 }
 
@@ -77,20 +77,13 @@ impl StateCache {
     }
 }
 
-/// Heap bytes an entry holds, roughly: the map slot, the strings, the list with each entry's item id.
-fn footprint(key: &Key, value: &Value) -> usize {
+/// Heap bytes an entry holds, roughly: the map slot and the strings.
+fn footprint(key: &Key, _value: &Value) -> usize {
     let key_bytes = match key {
         Key::History(u) | Key::Positives(u) => u.len(),
         Key::Stats(item, stream, _) => item.len() + stream.len(),
     };
-    let value_bytes = match value {
-        Value::List(list) => list
-            .iter()
-            .map(|e| size_of::<HistoryEntry>() + e.item_id.len())
-            .sum(),
-        Value::Stats(_) => 0,
-    };
-    size_of::<(Key, Value)>() + 16 + key_bytes + value_bytes
+    size_of::<(Key, Value)>() + 16 + key_bytes
 }
 
 #[cfg(test)]
@@ -140,7 +133,7 @@ mod tests {
     fn zero_budget_caches_nothing() {
         let mut c = StateCache::new(0);
         let k = Key::History("u".into());
-        c.put(k.clone(), Value::List(Vec::new()));
+        c.put(k.clone(), Value::Head(ListHead::default()));
         assert_eq!(c.take(&k), None);
     }
 }

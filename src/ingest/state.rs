@@ -9,7 +9,7 @@ use super::cache::{Key, StateCache, Value};
 use crate::config::{Config, PositivesConfig};
 use crate::error::Result;
 use crate::schema::{Action, Behaviour, Event, IdEmbedding, Item};
-use crate::store::{HistoryEntry, ItemStats, StateBatch, Store};
+use crate::store::{HistoryEntry, ItemStats, ListHead, ListPosition, StateBatch, Store, cf};
 
 /// The one definition of a positive interaction, shared by the stream and (later) the batch jobs.
 #[derive(Debug, Clone)]
@@ -76,8 +76,8 @@ pub(super) struct Fold<'a> {
     stats: HashMap<(String, String, i32), ItemStats>,
     /// (item, user) pairs first seen in this batch.
     new_item_users: HashSet<(String, String)>,
-    histories: HashMap<String, Vec<HistoryEntry>>,
-    user_positives: HashMap<String, Vec<HistoryEntry>>,
+    histories: HashMap<String, ListUpdate>,
+    user_positives: HashMap<String, ListUpdate>,
     id_embeddings: HashMap<(String, String), Option<u64>>,
     id_embedding_writes: Vec<IdEmbedding>,
     dirty_items: Vec<String>,
@@ -177,22 +177,26 @@ impl<'a> Fold<'a> {
             Entry::Occupied(o) => o.into_mut(),
             Entry::Vacant(v) => {
                 let key = Key::History(v.key().clone());
-                let list = cached_list(self.cache, &key, || store.user_history(&b.user_id))?;
-                v.insert(list)
+                let head = cached_head(self.cache, &key, || {
+                    store.list_head(cf::USER_HISTORIES, &b.user_id)
+                })?;
+                v.insert(ListUpdate::new(head))
             }
         };
-        insert_capped(history, entry.clone(), self.history_cap);
+        history.append(entry.clone());
 
         if positive {
             let list = match self.user_positives.entry(b.user_id.clone()) {
                 Entry::Occupied(o) => o.into_mut(),
                 Entry::Vacant(v) => {
                     let key = Key::Positives(v.key().clone());
-                    let list = cached_list(self.cache, &key, || store.user_positives(&b.user_id))?;
-                    v.insert(list)
+                    let head = cached_head(self.cache, &key, || {
+                        store.list_head(cf::USER_POSITIVES, &b.user_id)
+                    })?;
+                    v.insert(ListUpdate::new(head))
                 }
             };
-            insert_capped(list, entry, self.positives_cap);
+            list.append(entry);
         }
         Ok(())
     }
@@ -219,7 +223,7 @@ impl<'a> Fold<'a> {
 
     /// Writes the batch's state in key order per family: RocksDB's memtable insert starts its search where the
     /// previous insert ended, so sorted keys land near each other instead of each walking the skiplist from the top.
-    pub fn write_into(&self, batch: &mut StateBatch<'_>) -> Result<()> {
+    pub fn write_into(&mut self, batch: &mut StateBatch<'_>) -> Result<()> {
         let mut dirty_items = self.dirty_items.clone();
         dirty_items.sort_unstable();
         for id in &dirty_items {
@@ -240,12 +244,14 @@ impl<'a> Fold<'a> {
         for (item, user) in new_item_users {
             batch.put_item_user(item, user)?;
         }
-        for (user, list) in sorted(&self.histories) {
-            batch.put_user_history(user, list)?;
+        let (store, history_cap, positives_cap) =
+            (self.store, self.history_cap, self.positives_cap);
+        for (user, list) in sorted_mut(&mut self.histories) {
+            list.write(batch, store, cf::USER_HISTORIES, user, history_cap)?;
         }
-        let positives = sorted(&self.user_positives);
-        for (user, list) in &positives {
-            batch.put_user_positives(user, list)?;
+        let mut positives = sorted_mut(&mut self.user_positives);
+        for (user, list) in &mut positives {
+            list.write(batch, store, cf::USER_POSITIVES, user, positives_cap)?;
         }
         for (user, _) in &positives {
             batch.put_interests_pending(user)?;
@@ -264,22 +270,109 @@ impl<'a> Fold<'a> {
                 .put(Key::Stats(item, stream, partition), Value::Stats(stats));
         }
         for (user, list) in self.histories {
-            self.cache.put(Key::History(user), Value::List(list));
+            if let Some(head) = list.written {
+                self.cache.put(Key::History(user), Value::Head(head));
+            }
         }
         for (user, list) in self.user_positives {
-            self.cache.put(Key::Positives(user), Value::List(list));
+            if let Some(head) = list.written {
+                self.cache.put(Key::Positives(user), Value::Head(head));
+            }
         }
     }
 }
 
-/// A user's list from the cache, or else from the store.
-fn cached_list(
+/// One user's list (history or positives) as a batch changes it: new entries are appended as keys of their own
+/// (one small write per event, instead of rewriting a list of up to `positives_cap` entries), and the oldest go
+/// when the list is over its cap, so the list is the newest `cap` events in (time, arrival) order.
+struct ListUpdate {
+    /// As stored before this batch (all zero for a new user).
+    stored: ListHead,
+    next_seq: u64,
+    appended: Vec<(ListPosition, HistoryEntry)>,
+    /// The head this batch wrote, for the cache once the batch is committed.
+    written: Option<ListHead>,
+}
+
+impl ListUpdate {
+    fn new(stored: Option<ListHead>) -> ListUpdate {
+        let stored = stored.unwrap_or_default();
+        ListUpdate {
+            stored,
+            next_seq: stored.next_seq,
+            appended: Vec::new(),
+            written: None,
+        }
+    }
+
+    fn append(&mut self, entry: HistoryEntry) {
+        self.appended.push(((entry.ts, self.next_seq), entry));
+        self.next_seq += 1;
+    }
+
+    fn write(
+        &mut self,
+        batch: &mut StateBatch<'_>,
+        store: &Store,
+        family: &str,
+        user: &str,
+        cap: usize,
+    ) -> Result<()> {
+        self.appended.sort_unstable_by_key(|(at, _)| *at);
+        let stored_count = self.stored.count as usize;
+        let total = stored_count + self.appended.len();
+        let excess = total.saturating_sub(cap);
+        // The oldest `excess` of stored and new entries go. Events mostly arrive in time order, so these are
+        // mostly stored ones; one more stored position says which entry is the oldest afterwards.
+        let stored_front = if excess > 0 {
+            store.list_oldest(family, user, &self.stored, (excess + 1).min(stored_count))?
+        } else {
+            Vec::new()
+        };
+        let (mut from_stored, mut from_new) = (0, 0);
+        for _ in 0..excess {
+            match (stored_front.get(from_stored), self.appended.get(from_new)) {
+                (Some(old), Some((new, _))) if new < old => from_new += 1,
+                (Some(old), _) => {
+                    batch.delete_list_entry(family, user, *old)?;
+                    from_stored += 1;
+                }
+                (None, Some(_)) => from_new += 1,
+                (None, None) => break,
+            }
+        }
+        for (at, entry) in &self.appended[from_new..] {
+            batch.put_list_entry(family, user, *at, entry)?;
+        }
+        let oldest_stored = if excess > 0 {
+            stored_front.get(from_stored).copied()
+        } else {
+            (stored_count > 0).then_some(self.stored.oldest)
+        };
+        let oldest_new = self.appended.get(from_new).map(|(at, _)| *at);
+        let oldest = match (oldest_stored, oldest_new) {
+            (Some(s), Some(n)) => s.min(n),
+            (s, n) => s.or(n).unwrap_or_default(),
+        };
+        let head = ListHead {
+            count: (total - from_stored - from_new) as u32,
+            next_seq: self.next_seq,
+            oldest,
+        };
+        batch.put_list_head(family, user, &head)?;
+        self.written = Some(head);
+        Ok(())
+    }
+}
+
+/// A user's list head from the cache, or else from the store.
+fn cached_head(
     cache: &mut StateCache,
     key: &Key,
-    read: impl FnOnce() -> Result<Vec<HistoryEntry>>,
-) -> Result<Vec<HistoryEntry>> {
+    read: impl FnOnce() -> Result<Option<ListHead>>,
+) -> Result<Option<ListHead>> {
     match cache.take(key) {
-        Some(Value::List(list)) => Ok(list),
+        Some(Value::Head(head)) => Ok(Some(head)),
         _ => read(),
     }
 }
@@ -290,43 +383,15 @@ fn sorted<K: Ord, V>(map: &HashMap<K, V>) -> Vec<(&K, &V)> {
     entries
 }
 
-/// Keeps `list` ordered by timestamp (arrival order among equal timestamps) and at most `cap` long, dropping the
-/// oldest. Events mostly arrive in order, so the insertion point is found from the back.
-fn insert_capped(list: &mut Vec<HistoryEntry>, entry: HistoryEntry, cap: usize) {
-    let at = list
-        .iter()
-        .rposition(|e| e.ts <= entry.ts)
-        .map_or(0, |i| i + 1);
-    list.insert(at, entry);
-    if list.len() > cap {
-        let excess = list.len() - cap;
-        list.drain(..excess);
-    }
+fn sorted_mut<K: Ord, V>(map: &mut HashMap<K, V>) -> Vec<(&K, &mut V)> {
+    let mut entries: Vec<_> = map.iter_mut().collect();
+    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    entries
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn entry(id: &str, ts: i64) -> HistoryEntry {
-        HistoryEntry {
-            item_id: id.into(),
-            action: Action::Play,
-            ts,
-            dwell_ms: 0,
-            rating: None,
-        }
-    }
-
-    #[test]
-    fn capped_history_keeps_newest_in_time_order() {
-        let mut l = Vec::new();
-        for (id, ts) in [("a", 5), ("b", 1), ("c", 9), ("d", 5), ("e", 7)] {
-            insert_capped(&mut l, entry(id, ts), 3);
-        }
-        let ids: Vec<_> = l.iter().map(|e| e.item_id.as_str()).collect();
-        assert_eq!(ids, ["d", "e", "c"]);
-    }
 
     #[test]
     fn positives_follow_config() {

@@ -141,7 +141,7 @@ fn recompute(
 /// pending marks are left alone: a mark set while this job runs must survive its commit (the worker clears
 /// marks itself, recomputing a user once more at worst).
 pub fn run(store: &Store, config: &Config) -> Result<(usize, usize)> {
-    let users = store.ids(cf::USER_POSITIVES, usize::MAX)?;
+    let users = store.list_users(cf::USER_POSITIVES, usize::MAX)?;
     let mut cache = VectorCache::new();
     let mut batch = store.batch();
     let mut computed = Vec::new();

@@ -12,8 +12,9 @@
 //! | `items`          | 01 · item_id                               | 01 · JSON of [`Item`]                         |
 //! | `item_stats`     | 01 · item_id · 00 · stream · 00 · part i32 BE | 01 · [`ItemStats`] (5 × 8 bytes), one partial per source partition |
 //! | `item_users`     | 01 · item_id · 00 · user_id                | 01 (presence: the user has an event on it)    |
-//! | `user_histories` | 01 · user_id                               | 01 · [`HistoryEntry`] list, oldest first      |
-//! | `user_positives` | 01 · user_id                               | 01 · [`HistoryEntry`] list, oldest first      |
+//! | `user_histories` | 02 · user_id · 00                          | 01 · [`ListHead`]: count u32 · next_seq u64 · oldest (ts i64 · seq u64) |
+//! | `user_histories` | 02 · user_id · 00 · ts (sign-flipped) u64 BE · seq u64 BE | 01 · one [`HistoryEntry`] (ts i64 · dwell u32 · rating f32 · action u8 · item id u16-len str) |
+//! | `user_positives` | as `user_histories`                        | as `user_histories`                           |
 //! | `id_embeddings`  | 01 · item_id · 00 · space                  | 01 · version u64 · ts i64 · dim u32 · f32 × dim |
 //! | `item_embeddings`| 01 · item_id                               | 01 · model str · model_version str · item_version u64 · ts i64 · dim u32 · f32 × dim (str = u32 len · bytes) |
 //! | `semantic_ids`   | 01 · item_id                               | 01 · model_version str · n u32 · code u32 × n (coarse to fine) |
@@ -31,6 +32,8 @@ use crate::error::{Error, Result};
 use crate::schema::{Action, IdEmbedding, Item, ItemEmbedding};
 
 pub const KEY_V1: u8 = 1;
+/// Keys of the per-entry user lists (store format 2).
+pub const KEY_V2: u8 = 2;
 pub const VALUE_V1: u8 = 1;
 
 pub fn id_key(id: &str) -> Vec<u8> {
@@ -228,17 +231,14 @@ pub struct HistoryEntry {
     pub rating: Option<f32>,
 }
 
+/// Store format 1's value for a whole user list (one key per user). Format 2 keeps one key per entry; this
+/// layout is still read to upgrade a format-1 store in place (`Store::open`).
 pub fn encode_history(entries: &[HistoryEntry]) -> Vec<u8> {
     let mut v = Vec::with_capacity(5 + entries.len() * 32);
     v.push(VALUE_V1);
     v.extend_from_slice(&(entries.len() as u32).to_le_bytes());
     for e in entries {
-        v.extend_from_slice(&e.ts.to_le_bytes());
-        v.extend_from_slice(&e.dwell_ms.to_le_bytes());
-        v.extend_from_slice(&e.rating.unwrap_or(f32::NAN).to_le_bytes());
-        v.push(e.action.code());
-        v.extend_from_slice(&(e.item_id.len() as u16).to_le_bytes());
-        v.extend_from_slice(e.item_id.as_bytes());
+        put_history_entry(&mut v, e);
     }
     v
 }
@@ -248,24 +248,126 @@ pub fn decode_history(value: &[u8]) -> Result<Vec<HistoryEntry>> {
     let n = r.u32()? as usize;
     let mut out = Vec::with_capacity(n.min(100_000));
     for _ in 0..n {
-        let ts = i64::from_le_bytes(r.take()?);
-        let dwell_ms = u32::from_le_bytes(r.take()?);
-        let rating = f32::from_le_bytes(r.take()?);
-        let [code] = r.take()?;
-        let action = Action::from_code(code).ok_or_else(|| corrupt("history action code"))?;
-        let len = u16::from_le_bytes(r.take()?) as usize;
-        let item_id = std::str::from_utf8(r.bytes(len)?)
-            .map_err(|_| corrupt("history item id"))?
-            .to_string();
-        out.push(HistoryEntry {
-            item_id,
-            action,
-            ts,
-            dwell_ms,
-            rating: (!rating.is_nan()).then_some(rating),
-        });
+        out.push(read_history_entry(&mut r)?);
     }
     Ok(out)
+}
+
+fn put_history_entry(v: &mut Vec<u8>, e: &HistoryEntry) {
+    v.extend_from_slice(&e.ts.to_le_bytes());
+    v.extend_from_slice(&e.dwell_ms.to_le_bytes());
+    v.extend_from_slice(&e.rating.unwrap_or(f32::NAN).to_le_bytes());
+    v.push(e.action.code());
+    v.extend_from_slice(&(e.item_id.len() as u16).to_le_bytes());
+    v.extend_from_slice(e.item_id.as_bytes());
+}
+
+fn read_history_entry(r: &mut Reader<'_>) -> Result<HistoryEntry> {
+    let ts = i64::from_le_bytes(r.take()?);
+    let dwell_ms = u32::from_le_bytes(r.take()?);
+    let rating = f32::from_le_bytes(r.take()?);
+    let [code] = r.take()?;
+    let action = Action::from_code(code).ok_or_else(|| corrupt("history action code"))?;
+    let len = u16::from_le_bytes(r.take()?) as usize;
+    let item_id = std::str::from_utf8(r.bytes(len)?)
+        .map_err(|_| corrupt("history item id"))?
+        .to_string();
+    Ok(HistoryEntry {
+        item_id,
+        action,
+        ts,
+        dwell_ms,
+        rating: (!rating.is_nan()).then_some(rating),
+    })
+}
+
+/// Where an entry sits in a user's list: time order, then arrival order (a per-user sequence number).
+pub type ListPosition = (i64, u64);
+
+/// The head record of a user's list (histories or positives, store format 2): how many entries there are, the
+/// next sequence number, and the oldest entry's position. Readers seek straight to the oldest entry, past the
+/// tombstones that trimming leaves in front of it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListHead {
+    pub count: u32,
+    pub next_seq: u64,
+    pub oldest: ListPosition,
+}
+
+/// 02 · user_id · 00: the head; entries follow under the same prefix.
+pub fn list_head_key(user_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + user_id.len() + 16);
+    k.push(KEY_V2);
+    k.extend_from_slice(user_id.as_bytes());
+    k.push(0);
+    k
+}
+
+/// 02 · user_id · 00 · ts (sign-flipped, BE) · seq BE: sorts by time, then arrival.
+pub fn list_entry_key(user_id: &str, at: ListPosition) -> Vec<u8> {
+    let mut k = list_head_key(user_id);
+    k.extend_from_slice(&((at.0 as u64) ^ (1 << 63)).to_be_bytes());
+    k.extend_from_slice(&at.1.to_be_bytes());
+    k
+}
+
+/// The first key after every key of `user_id`'s list.
+pub fn list_end_key(user_id: &str) -> Vec<u8> {
+    let mut k = list_head_key(user_id);
+    *k.last_mut().expect("non-empty") = 1;
+    k
+}
+
+/// (user, position) of a list key; position is None for the head.
+pub fn decode_list_key(key: &[u8]) -> Result<(&str, Option<ListPosition>)> {
+    let rest = match key.split_first() {
+        Some((&KEY_V2, rest)) => rest,
+        _ => return Err(corrupt("user list key: not a v2 key")),
+    };
+    let sep = rest
+        .iter()
+        .position(|b| *b == 0)
+        .ok_or_else(|| corrupt("user list key: no separator"))?;
+    let user = std::str::from_utf8(&rest[..sep]).map_err(|_| corrupt("user list key: user id"))?;
+    match &rest[sep + 1..] {
+        [] => Ok((user, None)),
+        at if at.len() == 16 => {
+            let ts = u64::from_be_bytes(at[..8].try_into().expect("8 bytes")) ^ (1 << 63);
+            let seq = u64::from_be_bytes(at[8..].try_into().expect("8 bytes"));
+            Ok((user, Some((ts as i64, seq))))
+        }
+        _ => Err(corrupt("user list key: bad position")),
+    }
+}
+
+pub fn encode_list_head(h: &ListHead) -> Vec<u8> {
+    let mut v = Vec::with_capacity(29);
+    v.push(VALUE_V1);
+    v.extend_from_slice(&h.count.to_le_bytes());
+    v.extend_from_slice(&h.next_seq.to_le_bytes());
+    v.extend_from_slice(&h.oldest.0.to_le_bytes());
+    v.extend_from_slice(&h.oldest.1.to_le_bytes());
+    v
+}
+
+pub fn decode_list_head(value: &[u8]) -> Result<ListHead> {
+    let mut r = Reader(versioned(value, "user list head")?);
+    Ok(ListHead {
+        count: r.u32()?,
+        next_seq: u64::from_le_bytes(r.take()?),
+        oldest: (i64::from_le_bytes(r.take()?), u64::from_le_bytes(r.take()?)),
+    })
+}
+
+pub fn encode_list_entry(e: &HistoryEntry) -> Vec<u8> {
+    let mut v = Vec::with_capacity(20 + e.item_id.len());
+    v.push(VALUE_V1);
+    put_history_entry(&mut v, e);
+    v
+}
+
+pub fn decode_list_entry(value: &[u8]) -> Result<HistoryEntry> {
+    read_history_entry(&mut Reader(versioned(value, "user list entry")?))
 }
 
 pub fn encode_id_embedding(e: &IdEmbedding) -> Vec<u8> {
@@ -782,6 +884,40 @@ mod tests {
             },
         ];
         assert_eq!(decode_history(&encode_history(&h)).unwrap(), h);
+        for e in &h {
+            assert_eq!(&decode_list_entry(&encode_list_entry(e)).unwrap(), e);
+        }
+    }
+
+    #[test]
+    fn list_keys_sort_by_time_then_arrival_and_round_trip() {
+        let positions = [
+            (-5, 9),
+            (0, 3),
+            (0, 4),
+            (1_700_000_000_000, 0),
+            (1_700_000_000_000, 1),
+        ];
+        let keys: Vec<_> = positions.iter().map(|p| list_entry_key("u1", *p)).collect();
+        assert!(
+            keys.windows(2).all(|w| w[0] < w[1]),
+            "key order is (ts, seq)"
+        );
+        let head = list_head_key("u1");
+        let end = list_end_key("u1");
+        assert!(keys.iter().all(|k| head < *k && *k < end));
+        // Another user whose id extends this one sorts outside the range.
+        assert!(list_head_key("u10") > end || list_head_key("u10") < head);
+        for (k, p) in keys.iter().zip(positions) {
+            assert_eq!(decode_list_key(k).unwrap(), ("u1", Some(p)));
+        }
+        assert_eq!(decode_list_key(&head).unwrap(), ("u1", None));
+        let h = ListHead {
+            count: 3,
+            next_seq: 17,
+            oldest: (-5, 9),
+        };
+        assert_eq!(decode_list_head(&encode_list_head(&h)).unwrap(), h);
     }
 
     #[test]

@@ -11,18 +11,20 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
-use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch};
+use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, ReadOptions, WriteBatch};
 
 use crate::error::{Error, Result};
 use crate::schema::{IdEmbedding, Item, ItemEmbedding};
 pub use codec::{
-    Codebooks, HistoryEntry, InterestCluster, ItemStats, LogRow, ModelInfo, TeacherTarget,
-    UserInterests,
+    Codebooks, HistoryEntry, InterestCluster, ItemStats, ListHead, ListPosition, LogRow, ModelInfo,
+    TeacherTarget, UserInterests,
 };
 pub use view::{SemanticIds, StoreView};
 
 /// On-disk format this build writes. Bumped when a layout changes incompatibly.
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: user histories and positives hold one key per entry (format 1: one list value per user); a writer opening
+/// a format-1 store upgrades it in place.
+pub const FORMAT_VERSION: u32 = 2;
 const FORMAT_KEY: &[u8] = b"format_version";
 
 /// Column families, one per concern.
@@ -284,6 +286,21 @@ impl Store {
                         supported: FORMAT_VERSION,
                     });
                 }
+                if found < FORMAT_VERSION {
+                    if self.access != Access::Primary {
+                        return Err(Error::StoreFormatTooOld {
+                            path: self.path.clone(),
+                            found,
+                            supported: FORMAT_VERSION,
+                        });
+                    }
+                    self.upgrade_user_lists()?;
+                    self.db
+                        .put_cf(meta, FORMAT_KEY, FORMAT_VERSION.to_be_bytes())
+                        .map_err(|e| Error::rocks("writing format version", e))?;
+                    tracing::info!(path = %self.path.display(), from = found, to = FORMAT_VERSION,
+                        "store format upgraded");
+                }
                 Ok(())
             }
             None if write_if_missing => self
@@ -292,6 +309,37 @@ impl Store {
                 .map_err(|e| Error::rocks("writing format version", e)),
             None => Ok(()),
         }
+    }
+
+    /// Format 1 -> 2: each user's list value becomes a head plus one key per entry. Each user moves in one
+    /// batch (old key deleted with the new ones written), so an interrupted upgrade resumes where it stopped.
+    fn upgrade_user_lists(&self) -> Result<()> {
+        for family in [cf::USER_HISTORIES, cf::USER_POSITIVES] {
+            let handle = self.cf(family)?;
+            // The iterator reads an implicit snapshot, so the batches written meanwhile do not disturb it.
+            let old = self.db.iterator_cf(
+                handle,
+                IteratorMode::From(&[codec::KEY_V1], rocksdb::Direction::Forward),
+            );
+            let mut batch = self.batch();
+            let mut users = 0;
+            for entry in old {
+                let (key, value) =
+                    entry.map_err(|e| Error::rocks(format!("reading format-1 {family}"), e))?;
+                if key.first() != Some(&codec::KEY_V1) {
+                    break;
+                }
+                let user = codec::decode_id_key(&key)?;
+                batch.put_user_list(family, user, &codec::decode_history(&value)?)?;
+                batch.batch.delete_cf(handle, &key);
+                users += 1;
+                if users % 1_000 == 0 {
+                    std::mem::replace(&mut batch, self.batch()).commit()?;
+                }
+            }
+            batch.commit()?;
+        }
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -386,19 +434,112 @@ impl Store {
             .is_some())
     }
 
+    /// A user's newest behaviours (at most `store.history_cap`), oldest first.
     pub fn user_history(&self, user_id: &str) -> Result<Vec<HistoryEntry>> {
-        self.history_list(cf::USER_HISTORIES, user_id)
+        self.user_list(cf::USER_HISTORIES, user_id, ReadOptions::default)
     }
 
+    /// A user's newest positive interactions (at most `store.positives_cap`), oldest first.
     pub fn user_positives(&self, user_id: &str) -> Result<Vec<HistoryEntry>> {
-        self.history_list(cf::USER_POSITIVES, user_id)
+        self.user_list(cf::USER_POSITIVES, user_id, ReadOptions::default)
     }
 
-    fn history_list(&self, family: &str, user_id: &str) -> Result<Vec<HistoryEntry>> {
-        Ok(match self.get(family, &codec::id_key(user_id))? {
-            Some(v) => codec::decode_history(&v)?,
-            None => Vec::new(),
-        })
+    /// The head of a user's list in `family` (user_histories or user_positives), if the user has one.
+    pub fn list_head(&self, family: &str, user_id: &str) -> Result<Option<ListHead>> {
+        self.get(family, &codec::list_head_key(user_id))?
+            .map(|v| codec::decode_list_head(&v))
+            .transpose()
+    }
+
+    /// Positions of the `n` oldest entries of a user's list (fewer if it is shorter).
+    pub fn list_oldest(
+        &self,
+        family: &str,
+        user_id: &str,
+        head: &ListHead,
+        n: usize,
+    ) -> Result<Vec<ListPosition>> {
+        let mut out = Vec::with_capacity(n);
+        self.scan_list(family, user_id, head, n, ReadOptions::default(), |k, _| {
+            if let (_, Some(at)) = codec::decode_list_key(k)? {
+                out.push(at);
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Reads a list with fresh read options from `opts` (a snapshot's, for a [`StoreView`]).
+    pub(crate) fn user_list(
+        &self,
+        family: &str,
+        user_id: &str,
+        opts: impl Fn() -> ReadOptions,
+    ) -> Result<Vec<HistoryEntry>> {
+        let head = self
+            .db
+            .get_pinned_cf_opt(self.cf(family)?, codec::list_head_key(user_id), &opts())
+            .map_err(|e| Error::rocks(format!("get from {family}"), e))?;
+        let Some(head) = head.map(|v| codec::decode_list_head(&v)).transpose()? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::with_capacity(head.count as usize);
+        self.scan_list(
+            family,
+            user_id,
+            &head,
+            head.count as usize,
+            opts(),
+            |_, v| {
+                out.push(codec::decode_list_entry(v)?);
+                Ok(())
+            },
+        )?;
+        Ok(out)
+    }
+
+    /// Visits up to `n` entries of a list from its oldest, seeking past the trimmed entries' tombstones.
+    fn scan_list(
+        &self,
+        family: &str,
+        user_id: &str,
+        head: &ListHead,
+        n: usize,
+        mut opts: ReadOptions,
+        mut visit: impl FnMut(&[u8], &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        if n == 0 || head.count == 0 {
+            return Ok(());
+        }
+        opts.set_iterate_upper_bound(codec::list_end_key(user_id));
+        let from = codec::list_entry_key(user_id, head.oldest);
+        let iter = self.db.iterator_cf_opt(
+            self.cf(family)?,
+            opts,
+            IteratorMode::From(&from, rocksdb::Direction::Forward),
+        );
+        for entry in iter.take(n) {
+            let (k, v) = entry.map_err(|e| Error::rocks(format!("scanning {family}"), e))?;
+            visit(&k, &v)?;
+        }
+        Ok(())
+    }
+
+    /// Users with a list in `family` (user_histories or user_positives), in key order: one seek per user.
+    pub fn list_users(&self, family: &str, limit: usize) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let mut iter = self.db.raw_iterator_cf(self.cf(family)?);
+        iter.seek([codec::KEY_V2]);
+        while out.len() < limit && iter.valid() {
+            let Some(key) = iter.key() else { break };
+            let (user, _) = codec::decode_list_key(key)?;
+            let user = user.to_string();
+            iter.seek(codec::list_end_key(&user));
+            out.push(user);
+        }
+        iter.status()
+            .map_err(|e| Error::rocks(format!("scanning {family}"), e))?;
+        Ok(out)
     }
 
     /// (version, ts, vector) of an item's ID embedding in one space.
@@ -540,7 +681,8 @@ impl Store {
         Ok(())
     }
 
-    /// Ids in a family keyed by one id (items, item_stats, user_histories, ...), in key order.
+    /// Ids in a family keyed by one id (items, item_embeddings, user_interests, ...), in key order. User lists
+    /// have their own key layout: see [`Store::list_users`].
     pub fn ids(&self, family: &str, limit: usize) -> Result<Vec<String>> {
         let mut out = Vec::new();
         for entry in self
@@ -671,6 +813,23 @@ impl Store {
             .map_err(|e| Error::rocks(format!("checkpoint to {}", dest.display()), e))
     }
 
+    /// Writes a user list the way store format 1 did (one value per user), for tests of the in-place upgrade.
+    #[doc(hidden)]
+    pub fn write_format1_list(
+        &self,
+        family: &str,
+        user_id: &str,
+        entries: &[HistoryEntry],
+    ) -> Result<()> {
+        self.db
+            .put_cf(
+                self.cf(family)?,
+                codec::id_key(user_id),
+                codec::encode_history(entries),
+            )
+            .map_err(|e| Error::rocks("writing a format-1 list", e))
+    }
+
     /// Marks the store with a format version (tests of the upgrade path use this to simulate a newer build).
     #[doc(hidden)]
     pub fn force_format_version(&self, version: u32) -> Result<()> {
@@ -753,20 +912,76 @@ impl StateBatch<'_> {
         )
     }
 
+    /// Replaces a user's whole history with `entries` (oldest first). Ingest appends entry by entry instead.
     pub fn put_user_history(&mut self, user_id: &str, entries: &[HistoryEntry]) -> Result<()> {
+        self.put_user_list(cf::USER_HISTORIES, user_id, entries)
+    }
+
+    /// Replaces a user's whole positives list with `entries` (oldest first).
+    pub fn put_user_positives(&mut self, user_id: &str, entries: &[HistoryEntry]) -> Result<()> {
+        self.put_user_list(cf::USER_POSITIVES, user_id, entries)
+    }
+
+    fn put_user_list(
+        &mut self,
+        family: &str,
+        user_id: &str,
+        entries: &[HistoryEntry],
+    ) -> Result<()> {
+        let handle = self.store.cf(family)?;
+        self.batch.delete_range_cf(
+            handle,
+            codec::list_head_key(user_id),
+            codec::list_end_key(user_id),
+        );
+        let mut head = ListHead::default();
+        for e in entries {
+            let at = (e.ts, head.next_seq);
+            if head.count == 0 || at < head.oldest {
+                head.oldest = at;
+            }
+            self.put_list_entry(family, user_id, at, e)?;
+            head.count += 1;
+            head.next_seq += 1;
+        }
+        if head.count > 0 {
+            self.put_list_head(family, user_id, &head)?;
+        }
+        Ok(())
+    }
+
+    pub fn put_list_head(&mut self, family: &str, user_id: &str, head: &ListHead) -> Result<()> {
         self.put(
-            cf::USER_HISTORIES,
-            &codec::id_key(user_id),
-            &codec::encode_history(entries),
+            family,
+            &codec::list_head_key(user_id),
+            &codec::encode_list_head(head),
         )
     }
 
-    pub fn put_user_positives(&mut self, user_id: &str, entries: &[HistoryEntry]) -> Result<()> {
+    pub fn put_list_entry(
+        &mut self,
+        family: &str,
+        user_id: &str,
+        at: ListPosition,
+        entry: &HistoryEntry,
+    ) -> Result<()> {
         self.put(
-            cf::USER_POSITIVES,
-            &codec::id_key(user_id),
-            &codec::encode_history(entries),
+            family,
+            &codec::list_entry_key(user_id, at),
+            &codec::encode_list_entry(entry),
         )
+    }
+
+    pub fn delete_list_entry(
+        &mut self,
+        family: &str,
+        user_id: &str,
+        at: ListPosition,
+    ) -> Result<()> {
+        let handle = self.store.cf(family)?;
+        self.batch
+            .delete_cf(handle, codec::list_entry_key(user_id, at));
+        Ok(())
     }
 
     pub fn put_id_embedding(&mut self, e: &IdEmbedding) -> Result<()> {

@@ -159,12 +159,7 @@ impl<'a> StoreView<'a> {
 
     /// The user's positive interactions, oldest first (empty for an unknown user).
     pub fn user_positives(&self, user_id: &str) -> Result<Vec<HistoryEntry>> {
-        Ok(self
-            .get(
-                cf::USER_POSITIVES,
-                &codec::id_key(user_id),
-                codec::decode_history,
-            )?
-            .unwrap_or_default())
+        self.store
+            .user_list(cf::USER_POSITIVES, user_id, || self.read_options())
     }
 }
