@@ -187,11 +187,17 @@ pub(super) async fn user_interests(
     }
     let view = state.store.view();
     let interests = view.user_interests(&user_id)?;
-    let positives = view.user_positives(&user_id)?;
+    let mut left = recent;
+    let positives = if recent == 0 {
+        Vec::new()
+    } else {
+        view.newest_positives(&user_id, |_| {
+            left -= 1;
+            left > 0
+        })?
+    };
     let recent_positives = positives
         .iter()
-        .rev()
-        .take(recent)
         .map(|p| RecentPositive {
             item_id: p.item_id.clone(),
             action: p.action,
@@ -237,11 +243,11 @@ pub(super) async fn user_interests(
 }
 
 /// The newest `n` distinct items among a user's positives (stored oldest first).
-fn recent_distinct(positives: &[HistoryEntry], n: usize) -> Vec<&str> {
+/// The first `n` distinct items of `newest_first`.
+fn recent_distinct(newest_first: &[HistoryEntry], n: usize) -> Vec<&str> {
     let mut seen = HashSet::new();
-    positives
+    newest_first
         .iter()
-        .rev()
         .map(|p| p.item_id.as_str())
         .filter(|id| seen.insert(*id))
         .take(n)
@@ -319,8 +325,13 @@ pub(super) async fn match_features(
     let view = state.store.view();
 
     let interests = view.user_interests(&request.user_id)?;
-    let positives = view.user_positives(&request.user_id)?;
-    let recent_ids = recent_distinct(&positives, state.config.serve.recent_positives);
+    let wanted = state.config.serve.recent_positives;
+    let mut distinct = HashSet::new();
+    let positives = view.newest_positives(&request.user_id, |p| {
+        distinct.insert(p.item_id.clone());
+        distinct.len() < wanted
+    })?;
+    let recent_ids = recent_distinct(&positives, wanted);
     let kinds = &state.teacher_kinds;
     let recent_teachers = view.teacher_targets_of(&recent_ids, kinds)?;
     let mut recent = Vec::with_capacity(recent_ids.len());

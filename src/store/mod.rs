@@ -525,6 +525,38 @@ impl Store {
         Ok(())
     }
 
+    /// Visits a list newest first while `visit` returns true (the serving path needs only the newest few).
+    pub(crate) fn scan_list_newest(
+        &self,
+        family: &str,
+        user_id: &str,
+        mut opts: ReadOptions,
+        mut visit: impl FnMut(HistoryEntry) -> bool,
+    ) -> Result<()> {
+        opts.set_iterate_lower_bound(codec::list_head_key(user_id));
+        let end = codec::list_end_key(user_id);
+        let iter = self.db.iterator_cf_opt(
+            self.cf(family)?,
+            opts,
+            IteratorMode::From(&end, rocksdb::Direction::Reverse),
+        );
+        for entry in iter {
+            let (k, v) = entry.map_err(|e| Error::rocks(format!("scanning {family}"), e))?;
+            if !k.starts_with(&end[..end.len() - 1]) {
+                break;
+            }
+            match codec::decode_list_key(&k)? {
+                (_, Some(_)) => {
+                    if !visit(codec::decode_list_entry(&v)?) {
+                        break;
+                    }
+                }
+                (_, None) => break, // the head sorts before every entry
+            }
+        }
+        Ok(())
+    }
+
     /// Users with a list in `family` (user_histories or user_positives), in key order: one seek per user.
     pub fn list_users(&self, family: &str, limit: usize) -> Result<Vec<String>> {
         let mut out = Vec::new();

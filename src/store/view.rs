@@ -162,4 +162,21 @@ impl<'a> StoreView<'a> {
         self.store
             .user_list(cf::USER_POSITIVES, user_id, || self.read_options())
     }
+
+    /// The user's positive interactions newest first, read while `keep` says so: `keep` sees each entry and
+    /// returns whether to read on. Cheaper than [`StoreView::user_positives`] when only the newest few matter.
+    pub fn newest_positives(
+        &self,
+        user_id: &str,
+        mut keep: impl FnMut(&HistoryEntry) -> bool,
+    ) -> Result<Vec<HistoryEntry>> {
+        let mut out = Vec::new();
+        self.store
+            .scan_list_newest(cf::USER_POSITIVES, user_id, self.read_options(), |entry| {
+                let more = keep(&entry);
+                out.push(entry);
+                more
+            })?;
+        Ok(out)
+    }
 }
