@@ -436,12 +436,27 @@ impl Store {
 
     /// A user's newest behaviours (at most `store.history_cap`), oldest first.
     pub fn user_history(&self, user_id: &str) -> Result<Vec<HistoryEntry>> {
-        self.user_list(cf::USER_HISTORIES, user_id, ReadOptions::default)
+        self.user_list_consistent(cf::USER_HISTORIES, user_id)
     }
 
     /// A user's newest positive interactions (at most `store.positives_cap`), oldest first.
     pub fn user_positives(&self, user_id: &str) -> Result<Vec<HistoryEntry>> {
-        self.user_list(cf::USER_POSITIVES, user_id, ReadOptions::default)
+        self.user_list_consistent(cf::USER_POSITIVES, user_id)
+    }
+
+    /// A list is a head and its entries, read separately: on the primary both reads share a snapshot, so a
+    /// batch committed in between (the worker's, while a job reads) cannot mix two states. Secondaries change
+    /// only on catch-up and read-only stores not at all.
+    fn user_list_consistent(&self, family: &str, user_id: &str) -> Result<Vec<HistoryEntry>> {
+        if self.access != Access::Primary {
+            return self.user_list(family, user_id, ReadOptions::default);
+        }
+        let snapshot = self.db.snapshot();
+        self.user_list(family, user_id, || {
+            let mut opts = ReadOptions::default();
+            opts.set_snapshot(&snapshot);
+            opts
+        })
     }
 
     /// The head of a user's list in `family` (user_histories or user_positives), if the user has one.
