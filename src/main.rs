@@ -2,6 +2,10 @@
 
 mod cli;
 
+/// See Cargo.toml: large per-request buffers are reused from the allocator's pages instead of mmap'd each time.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -413,14 +413,15 @@ pub fn mean_direction<'a>(vectors: impl IntoIterator<Item = &'a [f32]>) -> Optio
 /// every cosine at once. The column count is the first row's length.
 pub fn unit_rows(rows: &[&[f32]]) -> ndarray::Array2<f32> {
     let dim = rows.first().map_or(0, |r| r.len());
-    let mut m = ndarray::Array2::zeros((rows.len(), dim));
-    for (mut out, row) in m.rows_mut().into_iter().zip(rows) {
-        out.iter_mut().zip(row.iter()).for_each(|(o, x)| *o = *x);
-        if let Some(slice) = out.as_slice_mut() {
-            normalize(slice);
-        }
+    // Filled row by row rather than zeroed first and then copied into: this runs per lookup request.
+    let mut data = Vec::with_capacity(rows.len() * dim);
+    for row in rows {
+        let start = data.len();
+        data.extend_from_slice(&row[..row.len().min(dim)]);
+        data.resize(start + dim, 0.0);
+        normalize(&mut data[start..]);
     }
-    m
+    ndarray::Array2::from_shape_vec((rows.len(), dim), data).expect("rows x dim values")
 }
 
 pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
