@@ -333,16 +333,10 @@ impl ListUpdate {
         for _ in 0..excess {
             match (stored_front.get(from_stored), self.appended.get(from_new)) {
                 (Some(old), Some((new, _))) if new < old => from_new += 1,
-                (Some(old), _) => {
-                    batch.delete_list_entry(family, user, *old)?;
-                    from_stored += 1;
-                }
+                (Some(_), _) => from_stored += 1,
                 (None, Some(_)) => from_new += 1,
                 (None, None) => break,
             }
-        }
-        for (at, entry) in &self.appended[from_new..] {
-            batch.put_list_entry(family, user, *at, entry)?;
         }
         let oldest_stored = if excess > 0 {
             stored_front.get(from_stored).copied()
@@ -359,7 +353,14 @@ impl ListUpdate {
             next_seq: self.next_seq,
             oldest,
         };
+        // In key order (head, then the dropped oldest entries, then the new ones), like every family's writes.
         batch.put_list_head(family, user, &head)?;
+        for old in &stored_front[..from_stored] {
+            batch.delete_list_entry(family, user, *old)?;
+        }
+        for (at, entry) in &self.appended[from_new..] {
+            batch.put_list_entry(family, user, *at, entry)?;
+        }
         self.written = Some(head);
         Ok(())
     }
