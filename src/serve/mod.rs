@@ -89,7 +89,13 @@ impl ServeState {
     /// One catch-up with the writer (a no-op unless secondary), then the catalog. Failures are kept for
     /// /readyz and the metrics; lookups go on serving the last good state.
     pub fn catch_up(&self) {
-        let outcome = self.store.catch_up().and_then(|()| self.refresh_catalog());
+        let outcome = self.store.catch_up().and_then(|changed| {
+            if changed {
+                self.refresh_catalog()
+            } else {
+                Ok(())
+            }
+        });
         let mut problem = self.problem.lock().unwrap_or_else(|p| p.into_inner());
         match outcome {
             Ok(()) => {
