@@ -173,30 +173,18 @@ impl<'a> Fold<'a> {
         stats.first_ts = stats.first_ts.min(b.ts);
         stats.last_ts = stats.last_ts.max(b.ts);
 
-        let history = match self.histories.entry(b.user_id.clone()) {
-            Entry::Occupied(o) => o.into_mut(),
-            Entry::Vacant(v) => {
-                let key = Key::History(v.key().clone());
-                let head = cached_head(self.cache, &key, || {
-                    store.list_head(cf::USER_HISTORIES, &b.user_id)
-                })?;
-                v.insert(ListUpdate::new(head))
-            }
-        };
+        let (cache, user) = (&mut *self.cache, b.user_id.as_str());
+        let history = list_update(&mut self.histories, cache, store, ListKind::History, user)?;
         history.append(entry.clone());
-
         if positive {
-            let list = match self.user_positives.entry(b.user_id.clone()) {
-                Entry::Occupied(o) => o.into_mut(),
-                Entry::Vacant(v) => {
-                    let key = Key::Positives(v.key().clone());
-                    let head = cached_head(self.cache, &key, || {
-                        store.list_head(cf::USER_POSITIVES, &b.user_id)
-                    })?;
-                    v.insert(ListUpdate::new(head))
-                }
-            };
-            list.append(entry);
+            let positives = list_update(
+                &mut self.user_positives,
+                cache,
+                store,
+                ListKind::Positives,
+                user,
+            )?;
+            positives.append(entry);
         }
         Ok(())
     }
@@ -224,14 +212,13 @@ impl<'a> Fold<'a> {
     /// Writes the batch's state in key order per family: RocksDB's memtable insert starts its search where the
     /// previous insert ended, so sorted keys land near each other instead of each walking the skiplist from the top.
     pub fn write_into(&mut self, batch: &mut StateBatch<'_>) -> Result<()> {
-        let mut dirty_items = self.dirty_items.clone();
-        dirty_items.sort_unstable();
-        for id in &dirty_items {
+        self.dirty_items.sort_unstable();
+        for id in &self.dirty_items {
             if let Some(Some(item)) = self.items.get(id) {
                 batch.put_item(item)?;
             }
         }
-        for id in &dirty_items {
+        for id in &self.dirty_items {
             if let Some(Some(item)) = self.items.get(id) {
                 batch.put_embed_pending(&item.item_id, item.version)?;
             }
@@ -247,11 +234,17 @@ impl<'a> Fold<'a> {
         let (store, history_cap, positives_cap) =
             (self.store, self.history_cap, self.positives_cap);
         for (user, list) in sorted_mut(&mut self.histories) {
-            list.write(batch, store, cf::USER_HISTORIES, user, history_cap)?;
+            list.write(batch, store, ListKind::History.family(), user, history_cap)?;
         }
         let mut positives = sorted_mut(&mut self.user_positives);
         for (user, list) in &mut positives {
-            list.write(batch, store, cf::USER_POSITIVES, user, positives_cap)?;
+            list.write(
+                batch,
+                store,
+                ListKind::Positives.family(),
+                user,
+                positives_cap,
+            )?;
         }
         for (user, _) in &positives {
             batch.put_interests_pending(user)?;
@@ -269,14 +262,15 @@ impl<'a> Fold<'a> {
             self.cache
                 .put(Key::Stats(item, stream, partition), Value::Stats(stats));
         }
-        for (user, list) in self.histories {
-            if let Some(head) = list.written {
-                self.cache.put(Key::History(user), Value::Head(head));
-            }
-        }
-        for (user, list) in self.user_positives {
-            if let Some(head) = list.written {
-                self.cache.put(Key::Positives(user), Value::Head(head));
+        let lists = [
+            (ListKind::History, self.histories),
+            (ListKind::Positives, self.user_positives),
+        ];
+        for (kind, updates) in lists {
+            for (user, list) in updates {
+                if let Some(head) = list.written {
+                    self.cache.put(kind.cache_key(user), Value::Head(head));
+                }
             }
         }
     }
@@ -366,15 +360,47 @@ impl ListUpdate {
     }
 }
 
-/// A user's list head from the cache, or else from the store.
-fn cached_head(
+/// The two per-user lists: where each is stored and how the cache names its head.
+#[derive(Clone, Copy)]
+enum ListKind {
+    History,
+    Positives,
+}
+
+impl ListKind {
+    fn family(self) -> &'static str {
+        match self {
+            ListKind::History => cf::USER_HISTORIES,
+            ListKind::Positives => cf::USER_POSITIVES,
+        }
+    }
+
+    fn cache_key(self, user: String) -> Key {
+        match self {
+            ListKind::History => Key::History(user),
+            ListKind::Positives => Key::Positives(user),
+        }
+    }
+}
+
+/// The batch's update of one of `user`'s lists, started from the list's head in the cache, or else in the
+/// store, the first time the batch touches it.
+fn list_update<'m>(
+    lists: &'m mut HashMap<String, ListUpdate>,
     cache: &mut StateCache,
-    key: &Key,
-    read: impl FnOnce() -> Result<Option<ListHead>>,
-) -> Result<Option<ListHead>> {
-    match cache.take(key) {
-        Some(Value::Head(head)) => Ok(Some(head)),
-        _ => read(),
+    store: &Store,
+    kind: ListKind,
+    user: &str,
+) -> Result<&'m mut ListUpdate> {
+    match lists.entry(user.to_string()) {
+        Entry::Occupied(o) => Ok(o.into_mut()),
+        Entry::Vacant(v) => {
+            let head = match cache.take(&kind.cache_key(user.to_string())) {
+                Some(Value::Head(head)) => Some(head),
+                _ => store.list_head(kind.family(), user)?,
+            };
+            Ok(v.insert(ListUpdate::new(head)))
+        }
     }
 }
 

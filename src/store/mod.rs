@@ -578,10 +578,8 @@ impl Store {
             IteratorMode::From(&end, rocksdb::Direction::Reverse),
         );
         for entry in iter {
+            // Bounded by the head key below and the end key above: every key is this user's.
             let (k, v) = entry.map_err(|e| Error::rocks(format!("scanning {family}"), e))?;
-            if !k.starts_with(&end[..end.len() - 1]) {
-                break;
-            }
             match codec::decode_list_key(&k)? {
                 (_, Some(_)) => {
                     if !visit(codec::decode_list_entry(&v)?) {
