@@ -13,6 +13,7 @@
 //! with synthetic data shaped like production: BENCH_SERVE_ITEMS items (default 20,000) with 896-d vectors,
 //! semantic IDs, seq2item and item2vec teacher vectors; BENCH_SERVE_USERS users (default 10,000) with 100
 //! positives and 5 interest clusters each. Client and server share this machine's cores.
+//! BENCH_SERVE_ONLY=match (or single) runs one workload only.
 //! Run: `cargo bench --bench serve`.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -444,7 +445,12 @@ fn main() {
         ("single embedding", &single, &redis_single),
         ("match 1x200", &matches, &redis_match),
     ];
+    // BENCH_SERVE_ONLY=match (or =single) runs one workload, e.g. to profile the server on it.
+    let only = std::env::var("BENCH_SERVE_ONLY").unwrap_or_default();
     for (name, requests, redis_requests) in workloads {
+        if !only.is_empty() && !name.starts_with(only.as_str()) {
+            continue;
+        }
         let loads: Vec<(String, usize, Option<f64>)> = vec![
             ("closed, 1 conn".into(), 1, None),
             ("closed, 4 conns".into(), 4, None),
@@ -470,6 +476,14 @@ fn main() {
             );
         }
     }
+    // How often match features found their items decoded in the server's item cache (serve.item_cache_mb;
+    // run with SAILSTREAM__SERVE__ITEM_CACHE_MB=0 for the server without it).
+    let metrics = probe.get("/metrics").map(|r| r.text()).unwrap_or_default();
+    let cache: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("sailstream_serve_item_cache_total{"))
+        .collect();
+    println!("\nitem cache: {}", cache.join(", "));
     println!(
         "\nGoals: match features p99 <= 2 ms at 1k QPS, single embedding p99 <= 0.5 ms. Published Feast numbers \
          (not measured here): < 1.5 ms p99 with Redis, 3.9 ms p99 for the Go feature server."

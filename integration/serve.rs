@@ -505,6 +505,22 @@ fn every_endpoint_answers_from_the_pipeline_store_as_documented() {
         "{}",
         r.text()
     );
+    // The match requests above shared their candidates: the later ones found them decoded in the item cache.
+    let text = r.text();
+    let counted = |outcome: &str| -> f64 {
+        let prefix = format!("sailstream_serve_item_cache_total{{outcome=\"{outcome}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no {prefix} in {text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert!(
+        counted("hit") >= 4.0 * (candidates.len() - 1) as f64,
+        "{text}"
+    );
+    assert!(counted("miss") >= (candidates.len() - 1) as f64, "{text}");
 
     // Every documented path was exercised above; nothing else is routed.
     let documented: Vec<&String> = api.doc["paths"].as_object().unwrap().keys().collect();
@@ -779,35 +795,76 @@ fn serve_follows_the_live_store_and_checks_the_token() {
     assert!(ready["staleness_ms"].as_u64().unwrap() < 5_000, "{ready}");
 }
 
+/// The registry entry of the 4-dimension model "m" 1 the in-process tests write embeddings for.
+fn model_m(matryoshka_prefixes: Vec<usize>) -> sailstream::store::ModelInfo {
+    sailstream::store::ModelInfo {
+        name: "m".into(),
+        version: "1".into(),
+        dim: 4,
+        matryoshka_prefixes,
+        normalized: true,
+    }
+}
+
+/// A lookup server inside this process over `store` (as in the worker with `serve.in_worker`); stops when the
+/// returned sender is used or dropped.
+struct InProcess {
+    runtime: tokio::runtime::Runtime,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<sailstream::Result<()>>,
+    addr: SocketAddr,
+}
+
+impl InProcess {
+    fn start(store: Arc<Store>) -> InProcess {
+        let mut config = sailstream::Config::load(None).unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", harness::free_port())
+            .parse()
+            .unwrap();
+        config.serve.listen = addr.to_string();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = runtime.spawn(sailstream::serve::run(
+            config,
+            sailstream::serve::Source::Shared(store),
+            None,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let mut client = Client::new(addr);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while client.get("/healthz").is_err() {
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        InProcess {
+            runtime,
+            stop,
+            server,
+            addr,
+        }
+    }
+
+    fn client(&self) -> Client {
+        Client::new(self.addr)
+    }
+
+    fn stop(self) {
+        self.stop.send(()).unwrap();
+        self.runtime.block_on(self.server).unwrap().unwrap();
+    }
+}
+
 /// Inside the worker the server shares the writer's store: a write is visible to the next request.
 #[test]
 fn in_process_server_over_the_primary_sees_each_commit() {
     use sailstream::schema::ItemEmbedding;
-    use sailstream::store::ModelInfo;
 
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path().join("store")).unwrap());
-    let mut config = sailstream::Config::load(None).unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{}", harness::free_port())
-        .parse()
-        .unwrap();
-    config.serve.listen = addr.to_string();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = runtime.spawn(sailstream::serve::run(
-        config,
-        sailstream::serve::Source::Shared(store.clone()),
-        None,
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    let mut client = Client::new(addr);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while client.get("/healthz").is_err() {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let server = InProcess::start(store.clone());
+    let mut client = server.client();
     assert_eq!(
         client
             .get("/v1/items/i1/embedding")
@@ -817,15 +874,7 @@ fn in_process_server_over_the_primary_sees_each_commit() {
         false
     );
     let mut batch = store.batch();
-    batch
-        .put_model_info(&ModelInfo {
-            name: "m".into(),
-            version: "1".into(),
-            dim: 4,
-            matryoshka_prefixes: vec![2, 4],
-            normalized: true,
-        })
-        .unwrap();
+    batch.put_model_info(&model_m(vec![2, 4])).unwrap();
     batch
         .put_item_embedding(&ItemEmbedding {
             item_id: "i1".into(),
@@ -858,6 +907,106 @@ fn in_process_server_over_the_primary_sees_each_commit() {
     }
     let ready = client.get("/readyz").unwrap().json().unwrap();
     assert_eq!(ready["store_access"], "primary");
-    stop.send(()).unwrap();
-    runtime.block_on(server).unwrap().unwrap();
+    server.stop();
+}
+
+/// Match features keep decoded items between requests; every write to an item (embedding, semantic IDs, teacher
+/// targets, also of a user's recent positive) is seen by the very next request.
+#[test]
+fn match_features_see_each_item_write_despite_the_item_cache() {
+    use sailstream::schema::{Action, ItemEmbedding};
+    use sailstream::store::TeacherTarget;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path().join("store")).unwrap());
+    let embed = |item: &str, vector: [f32; 4]| {
+        let mut batch = store.batch();
+        batch
+            .put_item_embedding(&ItemEmbedding {
+                item_id: item.into(),
+                model: "m".into(),
+                model_version: "1".into(),
+                item_version: 1,
+                vector: vector.to_vec(),
+                semantic_ids: vec![],
+                ts: 1_764_000_000_000,
+            })
+            .unwrap();
+        batch.commit().unwrap();
+    };
+    let mut batch = store.batch();
+    batch.put_model_info(&model_m(vec![4])).unwrap();
+    batch
+        .put_user_positives(
+            "u1",
+            &[HistoryEntry {
+                item_id: "p1".into(),
+                action: Action::Like,
+                ts: 1_764_000_000_000,
+                dwell_ms: 0,
+                rating: None,
+            }],
+        )
+        .unwrap();
+    batch.commit().unwrap();
+    embed("p1", [1.0, 0.0, 0.0, 0.0]);
+    embed("c1", [1.0, 0.0, 0.0, 0.0]);
+
+    let server = InProcess::start(store.clone());
+    let mut client = server.client();
+    let mut features = || {
+        let r = client
+            .post_json(
+                "/v1/match",
+                &json!({"user_id": "u1", "candidates": ["c1"]}).to_string(),
+            )
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json().unwrap()["candidates"][0]["features"].clone()
+    };
+    let cos = |f: &Value| f["recent_max_cos"].as_f64().unwrap();
+    assert!((cos(&features()) - 1.0).abs() < 1e-6);
+    // Asked again (now from the cache): the same answer.
+    assert!((cos(&features()) - 1.0).abs() < 1e-6);
+
+    embed("c1", [0.0, 1.0, 0.0, 0.0]);
+    assert!(
+        cos(&features()).abs() < 1e-6,
+        "the candidate's new embedding"
+    );
+    embed("p1", [0.0, 1.0, 0.0, 0.0]);
+    assert!(
+        (cos(&features()) - 1.0).abs() < 1e-6,
+        "the recent positive's new embedding"
+    );
+
+    let f = features();
+    assert_eq!(f["has_semantic_ids"], false);
+    assert_eq!(f["has_seq2item_teacher"], false);
+    let mut batch = store.batch();
+    batch.put_semantic_ids("c1", "1", &[3, 1]).unwrap();
+    batch
+        .put_teacher_target(
+            "c1",
+            &TeacherTarget {
+                kind: "seq2item".into(),
+                source: "test".into(),
+                samples: 1,
+                ts: 1_764_000_000_000,
+                vector: vec![0.0, 1.0, 0.0, 0.0],
+            },
+        )
+        .unwrap();
+    batch.commit().unwrap();
+    let f = features();
+    assert_eq!(f["has_semantic_ids"], true);
+    assert_eq!(f["has_seq2item_teacher"], true);
+    assert!((f["seq2item_teacher_cos"].as_f64().unwrap() - 1.0).abs() < 1e-6);
+
+    let mut batch = store.batch();
+    batch.delete_teacher_target("c1", "seq2item").unwrap();
+    batch.commit().unwrap();
+    assert_eq!(features()["has_seq2item_teacher"], false);
+
+    server.stop();
 }

@@ -1,7 +1,7 @@
 //! The online store on a real RocksDB: atomic state + offsets, reopen, checkpoints, lock and format errors.
 
-use sailstream::schema::{Action, IdEmbedding, Item};
-use sailstream::store::{HistoryEntry, ItemStats, Store, cf};
+use sailstream::schema::{Action, IdEmbedding, Item, ItemEmbedding};
+use sailstream::store::{HistoryEntry, ItemStats, Store, TeacherTarget, cf};
 use sailstream::{Error, Fault};
 
 fn item(id: &str, version: u64) -> Item {
@@ -176,6 +176,79 @@ fn a_format_1_store_is_upgraded_by_a_writer() {
         ["u1", "u2"]
     );
     assert_eq!(store.list_users(cf::USER_POSITIVES, 10).unwrap(), ["u1"]);
+}
+
+/// A format-2 store (no item stamps) is refused by readers, opens for them without the family, and a writer
+/// stamps every embedded item in place. Every item-level write then changes the item's stamp.
+#[test]
+fn a_format_2_store_gets_item_stamps_from_a_writer() {
+    let (dir, scratch) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let embedding = |id: &str| ItemEmbedding {
+        item_id: id.into(),
+        model: "m".into(),
+        model_version: "1".into(),
+        item_version: 1,
+        vector: vec![1.0, 0.0],
+        semantic_ids: vec![],
+        ts: 1,
+    };
+    {
+        let mut store = Store::open(dir.path()).unwrap();
+        let mut batch = store.batch();
+        batch.put_item_embedding(&embedding("a")).unwrap();
+        batch.put_item_embedding(&embedding("b")).unwrap();
+        batch.commit().unwrap();
+        store.drop_family(cf::ITEM_STAMPS).unwrap();
+        store.force_format_version(2).unwrap();
+    }
+    for err in [
+        Store::open_read_only(dir.path()).unwrap_err(),
+        Store::open_secondary(dir.path(), scratch.path()).unwrap_err(),
+    ] {
+        assert!(
+            matches!(err, Error::StoreFormatTooOld { found: 2, .. }),
+            "{err:?}"
+        );
+    }
+
+    let store = Store::open(dir.path()).unwrap();
+    let stamps = |store: &Store| store.view().item_stamps(&["a", "b", "c"]).unwrap();
+    let upgraded = stamps(&store);
+    assert!(
+        upgraded[0].is_some() && upgraded[1].is_some(),
+        "{upgraded:?}"
+    );
+    assert_eq!(upgraded[2], None, "c was never written");
+
+    let mut seen = vec![upgraded[0].unwrap()];
+    let mut write = |change: &dyn Fn(&mut sailstream::store::StateBatch<'_>)| {
+        let mut batch = store.batch();
+        change(&mut batch);
+        batch.commit().unwrap();
+        let now = stamps(&store)[0].unwrap();
+        assert!(!seen.contains(&now), "{now} repeats one of {seen:?}");
+        seen.push(now);
+    };
+    write(&|b| b.put_item_embedding(&embedding("a")).unwrap());
+    write(&|b| b.put_semantic_ids("a", "1", &[1, 2]).unwrap());
+    write(&|b| {
+        b.put_teacher_target(
+            "a",
+            &TeacherTarget {
+                kind: "seq2item".into(),
+                source: "test".into(),
+                samples: 1,
+                ts: 1,
+                vector: vec![0.0, 1.0],
+            },
+        )
+        .unwrap()
+    });
+    write(&|b| b.delete_teacher_target("a", "seq2item").unwrap());
+    assert_eq!(stamps(&store)[1], upgraded[1], "b was not written");
+    drop(store);
+    let reader = Store::open_read_only(dir.path()).unwrap();
+    assert_eq!(stamps(&reader)[0], seen.last().copied());
 }
 
 #[test]

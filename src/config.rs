@@ -64,6 +64,7 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     pub recent_positives: usize,
     pub match_threshold: f32,
+    pub item_cache_mb: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -701,6 +702,7 @@ impl Config {
             1,
             size(self.store.positives_cap),
         )?;
+        range("serve.item_cache_mb", size(serve.item_cache_mb), 0, 1 << 20)?;
         if !(-1.0..=1.0).contains(&serve.match_threshold) {
             return Err(Error::config(
                 "serve.match_threshold",

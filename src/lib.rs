@@ -6,6 +6,7 @@
 //! answers rankers' lookups over HTTP; [`eval`] judges the embeddings with the paper's offline metrics.
 //! [`config`] layers settings, [`error`] says whose fault a failure is, [`metrics`] names what is measured.
 
+pub mod cache;
 pub mod config;
 pub mod embed;
 pub mod error;

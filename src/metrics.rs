@@ -69,6 +69,9 @@ pub const SERVE_SECONDS: &str = "sailstream_serve_request_seconds";
 pub const SERVE_CATCH_UPS: &str = "sailstream_serve_catch_ups_total";
 /// Gauge, no labels. Seconds since the lookup server's view of the store last caught up with the writer.
 pub const SERVE_STALENESS: &str = "sailstream_serve_staleness_seconds";
+/// Counter, labels: outcome (hit | miss). Items match features found decoded in the lookup server's item cache
+/// (stamp unchanged) or read from the store.
+pub const SERVE_ITEM_CACHE: &str = "sailstream_serve_item_cache_total";
 
 /// Starts the Prometheus scrape endpoint (`GET /metrics` on `addr`) and installs the global recorder. Returns a
 /// handle that renders the same metrics (the lookup API serves them on its own port too). Must be called
@@ -159,5 +162,9 @@ fn describe() {
     metrics::describe_gauge!(
         SERVE_STALENESS,
         "Seconds since the lookup server's store view caught up"
+    );
+    describe_counter!(
+        SERVE_ITEM_CACHE,
+        "Items read by match features, by cache outcome (hit or miss)"
     );
 }

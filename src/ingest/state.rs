@@ -5,7 +5,7 @@ use std::collections::hash_map::Entry;
 
 use foldhash::{HashMap, HashSet};
 
-use super::cache::{Key, StateCache, Value};
+use super::cache::{Key, StateCache, Value, footprint};
 use crate::config::{Config, PositivesConfig};
 use crate::error::Result;
 use crate::schema::{Action, Behaviour, Event, IdEmbedding, Item};
@@ -259,8 +259,9 @@ impl<'a> Fold<'a> {
     /// committed: the cache must never hold state the store does not.
     pub fn committed(self) {
         for ((item, stream, partition), stats) in self.stats {
-            self.cache
-                .put(Key::Stats(item, stream, partition), Value::Stats(stats));
+            let key = Key::Stats(item, stream, partition);
+            let bytes = footprint(&key);
+            self.cache.put(key, Value::Stats(stats), bytes);
         }
         let lists = [
             (ListKind::History, self.histories),
@@ -269,7 +270,9 @@ impl<'a> Fold<'a> {
         for (kind, updates) in lists {
             for (user, list) in updates {
                 if let Some(head) = list.written {
-                    self.cache.put(kind.cache_key(user), Value::Head(head));
+                    let key = kind.cache_key(user);
+                    let bytes = footprint(&key);
+                    self.cache.put(key, Value::Head(head), bytes);
                 }
             }
         }

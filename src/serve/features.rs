@@ -5,21 +5,68 @@
 //! side is one matrix, the candidates another, and one matrix product (ndarray's blocked GEMM) gives every
 //! candidate-to-user cosine at once.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use foldhash::HashMap;
 
 use ndarray::ArrayView1;
 
-use crate::embed::{cosine, mean_direction, unit_rows};
+use crate::embed::{dot, mean_direction, normalized, unit_rows};
 
 use super::api::MatchFeatures;
 
-/// One of the user's recent distinct positive items, as the features see it.
+/// What the features use of one item (a candidate or one of the user's recent positives), decoded from the
+/// store once and shared between requests (see `lookup.rs` for the cache). Every vector is scaled to unit
+/// length when the item is built (a zero vector stays zero), so each cosine is one dot product.
 #[derive(Debug, Clone, Default)]
-pub struct RecentItem {
-    pub vector: Vec<f32>,
-    pub semantic_ids: Option<Vec<u32>>,
+pub struct MatchItem {
+    /// The stored embedding.
+    unit: Vec<f32>,
+    /// Codes assigned for the embedding's model version; None when there are none for it.
+    semantic_ids: Option<Vec<u32>>,
+    /// The item's seq2item teacher vector.
+    seq2item_teacher: Option<Vec<f32>>,
     /// ID-space name (`item2vec`, `gid`, ...) -> the item's ID2item teacher vector there.
-    pub id_vectors: BTreeMap<String, Vec<f32>>,
+    id_vectors: BTreeMap<String, Vec<f32>>,
+}
+
+impl MatchItem {
+    /// An item with only an embedding (`vector`, any length, normalised here).
+    pub fn new(vector: &[f32]) -> MatchItem {
+        MatchItem {
+            unit: normalized(vector),
+            ..MatchItem::default()
+        }
+    }
+
+    /// Adds the item's semantic-ID codes (coarse to fine).
+    pub fn with_semantic_ids(mut self, codes: Option<Vec<u32>>) -> MatchItem {
+        self.semantic_ids = codes;
+        self
+    }
+
+    /// Adds the seq2item teacher vector (normalised here).
+    pub fn with_seq2item_teacher(mut self, vector: &[f32]) -> MatchItem {
+        self.seq2item_teacher = Some(normalized(vector));
+        self
+    }
+
+    /// Adds the ID2item teacher vector of one ID space (normalised here).
+    pub fn with_id_vector(mut self, space: &str, vector: &[f32]) -> MatchItem {
+        self.id_vectors
+            .insert(space.to_string(), normalized(vector));
+        self
+    }
+
+    /// Heap bytes held, for the cache's budget.
+    pub fn footprint(&self) -> usize {
+        let floats = self.unit.len()
+            + self.seq2item_teacher.as_ref().map_or(0, Vec::len)
+            + self.id_vectors.values().map(Vec::len).sum::<usize>();
+        let keys: usize = self.id_vectors.keys().map(|k| k.len() + 48).sum();
+        floats * 4 + self.semantic_ids.as_ref().map_or(0, |c| c.len() * 4) + keys
+    }
 }
 
 /// The user's side of every feature.
@@ -28,26 +75,17 @@ pub struct UserSide {
     pub interest_mean: Option<Vec<f32>>,
     /// (centroid, weight) per interest cluster.
     pub clusters: Vec<(Vec<f32>, f32)>,
-    /// Newest first.
-    pub recent: Vec<RecentItem>,
+    /// The user's recent distinct positives that have an embedding, newest first.
+    pub recent: Vec<Arc<MatchItem>>,
     /// How many of the newest recent items make the seq2item query (as the seq2item job's query length).
     pub query_len: usize,
 }
 
-/// One candidate as read from the store.
-#[derive(Debug, Clone, Default)]
-pub struct CandidateSide {
-    pub vector: Option<Vec<f32>>,
-    pub semantic_ids: Option<Vec<u32>>,
-    pub seq2item_teacher: Option<Vec<f32>>,
-    pub id_vectors: BTreeMap<String, Vec<f32>>,
-}
-
-/// Features for every candidate, in order. `levels`: semantic-ID levels (length of `sid_prefix_overlap`);
+/// Features for every candidate, in order (None: a candidate without an embedding, which gets the defaults). `levels`: semantic-ID levels (length of `sid_prefix_overlap`);
 /// `threshold`: the cosine `recent_count_above` counts from.
 pub fn match_features(
     user: &UserSide,
-    candidates: &[CandidateSide],
+    candidates: &[Option<Arc<MatchItem>>],
     levels: usize,
     threshold: f32,
 ) -> Vec<MatchFeatures> {
@@ -56,7 +94,7 @@ pub fn match_features(
     let dim = user
         .interest_mean
         .as_ref()
-        .or(user.recent.first().map(|r| &r.vector))
+        .or(user.recent.first().map(|r| &r.unit))
         .map(Vec::len);
     let mean = user.interest_mean.as_ref().filter(|m| Some(m.len()) == dim);
     let clusters: Vec<&(Vec<f32>, f32)> = user
@@ -64,16 +102,17 @@ pub fn match_features(
         .iter()
         .filter(|(c, _)| Some(c.len()) == dim)
         .collect();
-    let recent: Vec<&RecentItem> = user
+    let recent: Vec<&MatchItem> = user
         .recent
         .iter()
-        .filter(|r| Some(r.vector.len()) == dim)
+        .map(Arc::as_ref)
+        .filter(|r| Some(r.unit.len()) == dim)
         .collect();
     let query = mean_direction(
         recent
             .iter()
             .take(user.query_len.max(1))
-            .map(|r| r.vector.as_slice()),
+            .map(|r| r.unit.as_slice()),
     );
     let id_means: BTreeMap<&str, Vec<f32>> = {
         let spaces: std::collections::BTreeSet<&str> = recent
@@ -100,7 +139,7 @@ pub fn match_features(
     // level instead of comparing with every recent item.
     let prefix_counts: Vec<HashMap<&[u32], usize>> = (1..=levels)
         .map(|level| {
-            let mut counts = HashMap::new();
+            let mut counts = HashMap::default();
             for codes in with_codes.iter().filter(|c| c.len() >= level) {
                 *counts.entry(&codes[..level]).or_default() += 1;
             }
@@ -113,26 +152,28 @@ pub fn match_features(
         .into_iter()
         .map(Vec::as_slice)
         .chain(clusters.iter().map(|(c, _)| c.as_slice()))
-        .chain(recent.iter().map(|r| r.vector.as_slice()))
+        .chain(recent.iter().map(|r| r.unit.as_slice()))
         .collect();
     let cluster_offset = usize::from(mean.is_some());
     let recent_offset = cluster_offset + clusters.len();
     let user_len = user_rows.len();
 
-    let comparable: Vec<usize> = candidates
+    let comparable: Vec<(usize, &MatchItem)> = candidates
         .iter()
         .enumerate()
-        .filter(|(_, c)| c.vector.as_ref().map(Vec::len) == dim && dim.is_some())
-        .map(|(i, _)| i)
+        .filter_map(|(i, c)| Some((i, c.as_deref()?)))
+        .filter(|(_, c)| Some(c.unit.len()) == dim)
         .collect();
     let sims = match (dim, user_rows.is_empty() || comparable.is_empty()) {
-        (Some(_), false) => {
+        (Some(dim), false) => {
             let user_matrix = unit_rows(&user_rows);
-            let cand_rows: Vec<&[f32]> = comparable
-                .iter()
-                .map(|&i| candidates[i].vector.as_deref().unwrap_or_default())
-                .collect();
-            let cand_matrix = unit_rows(&cand_rows);
+            // Candidate rows are unit length already: stacked as they are.
+            let mut data = Vec::with_capacity(comparable.len() * dim);
+            for (_, c) in &comparable {
+                data.extend_from_slice(&c.unit);
+            }
+            let cand_matrix = ndarray::Array2::from_shape_vec((comparable.len(), dim), data)
+                .expect("candidates x dim values");
             Some(cand_matrix.dot(&user_matrix.t()))
         }
         _ => None,
@@ -141,6 +182,7 @@ pub fn match_features(
     let mut out = vec![MatchFeatures::default(); candidates.len()];
     for (features, candidate) in out.iter_mut().zip(candidates) {
         features.sid_prefix_overlap = vec![0.0; levels];
+        let Some(candidate) = candidate else { continue };
         if let Some(codes) = &candidate.semantic_ids {
             features.has_semantic_ids = true;
             if !with_codes.is_empty() {
@@ -156,7 +198,7 @@ pub fn match_features(
         if let Some(teacher) = &candidate.seq2item_teacher {
             features.has_seq2item_teacher = true;
             if let Some(q) = query.as_ref().filter(|q| q.len() == teacher.len()) {
-                features.seq2item_teacher_cos = cosine(teacher, q);
+                features.seq2item_teacher_cos = dot(teacher, q);
             }
         }
         for (space, vector) in &candidate.id_vectors {
@@ -165,12 +207,12 @@ pub fn match_features(
             {
                 features
                     .id2item_teacher_cos
-                    .insert(space.clone(), cosine(vector, user_mean));
+                    .insert(space.clone(), dot(vector, user_mean));
             }
         }
     }
     if let Some(sims) = sims {
-        for (row, &i) in comparable.iter().enumerate() {
+        for (row, &(i, _)) in comparable.iter().enumerate() {
             let s: ArrayView1<f32> = sims.row(row);
             let f = &mut out[i];
             if mean.is_some() {
@@ -184,15 +226,15 @@ pub fn match_features(
                     Some(best.map_or(x, |b| b.max(x)))
                 })
                 .unwrap_or(0.0);
-            let mut recent_sims: Vec<f32> = (recent_offset..user_len).map(|j| s[j]).collect();
+            let recent_sims = s.slice(ndarray::s![recent_offset..user_len]);
             if !recent_sims.is_empty() {
                 let n = recent_sims.len() as f32;
-                f.recent_mean_cos = recent_sims.iter().sum::<f32>() / n;
+                f.recent_mean_cos = recent_sims.sum() / n;
                 f.recent_count_above =
                     recent_sims.iter().filter(|&&x| x >= threshold).count() as u32;
-                recent_sims.sort_by(|a, b| b.total_cmp(a));
-                f.recent_max_cos = recent_sims[0];
-                let top = &recent_sims[..recent_sims.len().min(3)];
+                let top = top3(recent_sims.iter().copied());
+                f.recent_max_cos = top[0];
+                let top = &top[..recent_sims.len().min(3)];
                 f.recent_top3_mean_cos = top.iter().sum::<f32>() / top.len() as f32;
             }
         }
@@ -200,15 +242,42 @@ pub fn match_features(
     out
 }
 
+/// The three largest values, largest first (negative infinity where there are fewer than three): a selection,
+/// not a sort, since it runs once per candidate.
+fn top3(values: impl Iterator<Item = f32>) -> [f32; 3] {
+    let mut top = [f32::NEG_INFINITY; 3];
+    for x in values {
+        if x > top[2] {
+            if x > top[1] {
+                top[2] = top[1];
+                if x > top[0] {
+                    top[1] = top[0];
+                    top[0] = x;
+                } else {
+                    top[1] = x;
+                }
+            } else {
+                top[2] = x;
+            }
+        }
+    }
+    top
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn item(v: &[f32]) -> RecentItem {
-        RecentItem {
-            vector: v.to_vec(),
-            ..RecentItem::default()
-        }
+    fn item(v: &[f32]) -> MatchItem {
+        MatchItem::new(v)
+    }
+
+    fn shared(items: Vec<MatchItem>) -> Vec<Arc<MatchItem>> {
+        items.into_iter().map(Arc::new).collect()
+    }
+
+    fn only(item: MatchItem) -> [Option<Arc<MatchItem>>; 1] {
+        [Some(Arc::new(item))]
     }
 
     #[test]
@@ -217,16 +286,17 @@ mod tests {
         let user = UserSide {
             interest_mean: Some(vec![1.0, 0.0]),
             clusters: vec![(vec![0.0, 1.0], 0.75), (vec![1.0, 0.0], 0.25)],
-            recent: vec![item(&[2.0, 0.0]), item(&[0.0, 1.0]), item(&[-1.0, 0.0])],
+            recent: shared(vec![
+                item(&[2.0, 0.0]),
+                item(&[0.0, 1.0]),
+                item(&[-1.0, 0.0]),
+            ]),
             query_len: 2,
         };
-        let candidate = CandidateSide {
-            vector: Some(vec![3.0, 0.0]),
-            semantic_ids: Some(vec![1, 2]),
-            seq2item_teacher: Some(vec![1.0, 1.0]),
-            id_vectors: BTreeMap::new(),
-        };
-        let f = &match_features(&user, &[candidate], 2, 0.5)[0];
+        let candidate = item(&[3.0, 0.0])
+            .with_semantic_ids(Some(vec![1, 2]))
+            .with_seq2item_teacher(&[1.0, 1.0]);
+        let f = &match_features(&user, &only(candidate), 2, 0.5)[0];
         assert!((f.interest_mean_cos - 1.0).abs() < 1e-6);
         // max(0.75 * 0, 0.25 * 1)
         assert!((f.interest_cluster_weighted_max - 0.25).abs() < 1e-6);
@@ -244,36 +314,42 @@ mod tests {
 
     #[test]
     fn prefix_overlap_counts_shared_code_prefixes() {
-        let mut a = item(&[1.0, 0.0]);
-        a.semantic_ids = Some(vec![5, 1, 9]);
-        let mut b = item(&[0.0, 1.0]);
-        b.semantic_ids = Some(vec![5, 2, 9]);
+        let a = item(&[1.0, 0.0]).with_semantic_ids(Some(vec![5, 1, 9]));
+        let b = item(&[0.0, 1.0]).with_semantic_ids(Some(vec![5, 2, 9]));
         let c = item(&[1.0, 1.0]); // no codes: not in the denominator
         let user = UserSide {
-            recent: vec![a, b, c],
+            recent: shared(vec![a, b, c]),
             query_len: 10,
             ..UserSide::default()
         };
-        let candidate = CandidateSide {
-            vector: Some(vec![1.0, 0.0]),
-            semantic_ids: Some(vec![5, 1, 3]),
-            ..CandidateSide::default()
-        };
-        let f = &match_features(&user, &[candidate], 3, 0.5)[0];
+        let candidate = item(&[1.0, 0.0]).with_semantic_ids(Some(vec![5, 1, 3]));
+        let f = &match_features(&user, &only(candidate), 3, 0.5)[0];
         assert_eq!(f.sid_prefix_overlap, vec![1.0, 0.5, 0.0]);
+    }
+
+    #[test]
+    fn top3_selects_like_a_descending_sort() {
+        let cases: [&[f32]; 5] = [
+            &[0.1],
+            &[0.3, -0.2],
+            &[0.5, 0.5, 0.1, 0.9],
+            &[-1.0, -0.5, -0.75, -0.9, -0.1],
+            &[0.2, 0.4, 0.6, 0.8, 0.7, 0.5, 0.3],
+        ];
+        for values in cases {
+            let mut sorted = values.to_vec();
+            sorted.sort_by(|a, b| b.total_cmp(a));
+            let top = top3(values.iter().copied());
+            let n = values.len().min(3);
+            assert_eq!(top[..n], sorted[..n], "{values:?}");
+        }
     }
 
     #[test]
     fn missing_user_and_missing_candidate_get_defaults() {
         let f = match_features(
             &UserSide::default(),
-            &[
-                CandidateSide::default(),
-                CandidateSide {
-                    vector: Some(vec![1.0]),
-                    ..CandidateSide::default()
-                },
-            ],
+            &[None, Some(Arc::new(item(&[1.0])))],
             3,
             0.5,
         );
@@ -287,24 +363,17 @@ mod tests {
 
     #[test]
     fn id_space_similarity_uses_the_mean_of_the_recent_items_vectors() {
-        let mut a = item(&[1.0, 0.0]);
-        a.id_vectors.insert("item2vec".into(), vec![1.0, 0.0]);
-        let mut b = item(&[1.0, 0.0]);
-        b.id_vectors.insert("item2vec".into(), vec![0.0, 1.0]);
+        let a = item(&[1.0, 0.0]).with_id_vector("item2vec", &[2.0, 0.0]);
+        let b = item(&[1.0, 0.0]).with_id_vector("item2vec", &[0.0, 1.0]);
         let user = UserSide {
-            recent: vec![a, b],
+            recent: shared(vec![a, b]),
             query_len: 10,
             ..UserSide::default()
         };
-        let mut ids = BTreeMap::new();
-        ids.insert("item2vec".to_string(), vec![1.0, 0.0]);
-        ids.insert("gid".to_string(), vec![1.0, 0.0]);
-        let candidate = CandidateSide {
-            vector: Some(vec![1.0, 0.0]),
-            id_vectors: ids,
-            ..CandidateSide::default()
-        };
-        let f = &match_features(&user, &[candidate], 0, 0.5)[0];
+        let candidate = item(&[1.0, 0.0])
+            .with_id_vector("item2vec", &[3.0, 0.0])
+            .with_id_vector("gid", &[1.0, 0.0]);
+        let f = &match_features(&user, &only(candidate), 0, 0.5)[0];
         // The user's item2vec mean points at 45°: cos = 1/sqrt(2). No recent item has a gid vector.
         assert_eq!(f.id2item_teacher_cos.len(), 1);
         assert!((f.id2item_teacher_cos["item2vec"] - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6);

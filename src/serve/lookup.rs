@@ -1,6 +1,6 @@
 //! The handlers: validate the request, read one consistent view of the store, shape the answer.
 
-use std::collections::{BTreeMap, HashSet};
+use foldhash::HashSet;
 use std::sync::Arc;
 
 use axum::Json;
@@ -12,8 +12,9 @@ use super::api::{
     InterestsQuery, InterestsResponse, ItemEmbeddingBody, MatchRequest, MatchResponse,
     RecentPositive,
 };
-use super::features::{self, CandidateSide, RecentItem, UserSide};
+use super::features::{self, MatchItem, UserSide};
 use super::{ApiError, Catalog, ServeState};
+use crate::metrics as m;
 use crate::schema::ItemEmbedding;
 use crate::store::{HistoryEntry, SemanticIds, StoreView, TeacherTarget};
 
@@ -245,7 +246,7 @@ pub(super) async fn user_interests(
 /// The newest `n` distinct items among a user's positives (stored oldest first).
 /// The first `n` distinct items of `newest_first`.
 fn recent_distinct(newest_first: &[HistoryEntry], n: usize) -> Vec<&str> {
-    let mut seen = HashSet::new();
+    let mut seen = HashSet::default();
     newest_first
         .iter()
         .map(|p| p.item_id.as_str())
@@ -272,43 +273,71 @@ pub(super) fn teacher_kinds(config: &crate::config::Config) -> Vec<String> {
     kinds
 }
 
-/// Per item: its seq2item teacher vector and its ID-space vectors (by space name).
-fn teacher_vectors(
+/// An item as match features see it, from its stored embedding, codes and teacher targets (one slot per kind).
+fn match_item(
+    e: ItemEmbedding,
+    codes: Option<SemanticIds>,
     targets: Vec<Option<TeacherTarget>>,
-) -> (Option<Vec<f32>>, BTreeMap<String, Vec<f32>>) {
-    let mut seq2item = None;
-    let mut ids = BTreeMap::new();
+) -> MatchItem {
+    let mut item = MatchItem::new(&e.vector).with_semantic_ids(codes_of(&e, codes));
     for t in targets.into_iter().flatten() {
         if t.kind == SEQ2ITEM_KIND {
-            seq2item = Some(t.vector);
+            item = item.with_seq2item_teacher(&t.vector);
         } else if let Some(space) = t.kind.strip_prefix(ID_KIND_PREFIX) {
-            ids.insert(space.to_string(), t.vector);
+            item = item.with_id_vector(space, &t.vector);
         }
     }
-    (seq2item, ids)
+    item
 }
 
-/// An item's stored vector and its semantic-ID codes, each absent when not stored.
-type VectorAndCodes = (Option<Vec<f32>>, Option<Vec<u32>>);
-
-/// Embedding plus codes (only when assigned for the embedding's model version) per item.
-fn vectors_and_codes(
+/// The items as match features see them (None: no embedding stored). An item is decoded from the store once
+/// and then kept in the server's cache with its stamp; a request uses the cached copy only while the stamp it
+/// reads in its own view is the same, so cached items are exactly as current as the rest of the request's reads.
+/// Reading ~250 small stamps replaces reading each item's embedding (3.5 KB), codes and teacher vectors.
+fn match_items(
+    state: &ServeState,
     view: &StoreView<'_>,
     ids: &[&str],
-) -> crate::error::Result<Vec<VectorAndCodes>> {
-    let vectors = view.item_embeddings(ids)?;
-    let codes = view.semantic_ids(ids)?;
-    Ok(vectors
-        .into_iter()
-        .zip(codes)
-        .map(|(e, c)| match e {
-            Some(e) => {
-                let codes = codes_of(&e, c);
-                (Some(e.vector), codes)
+) -> crate::error::Result<Vec<Option<Arc<MatchItem>>>> {
+    let stamps = view.item_stamps(ids)?;
+    let mut out: Vec<Option<Arc<MatchItem>>> = vec![None; ids.len()];
+    let mut misses = Vec::new();
+    {
+        let mut cache = state.items.lock().unwrap_or_else(|p| p.into_inner());
+        for (i, (id, stamp)) in ids.iter().zip(&stamps).enumerate() {
+            match (stamp, cache.get(*id)) {
+                (Some(now), Some((cached, item))) if cached == now => out[i] = Some(item.clone()),
+                _ => misses.push(i),
             }
-            None => (None, None),
-        })
-        .collect())
+        }
+    }
+    let hits = ids.len() - misses.len();
+    metrics::counter!(m::SERVE_ITEM_CACHE, "outcome" => "hit").increment(hits as u64);
+    metrics::counter!(m::SERVE_ITEM_CACHE, "outcome" => "miss").increment(misses.len() as u64);
+    if misses.is_empty() {
+        return Ok(out);
+    }
+
+    let missed: Vec<&str> = misses.iter().map(|&i| ids[i]).collect();
+    let embeddings = view.item_embeddings(&missed)?;
+    let codes = view.semantic_ids(&missed)?;
+    let targets = view.teacher_targets_of(&missed, &state.teacher_kinds)?;
+    let mut fresh = Vec::new();
+    for (((i, e), c), t) in misses.into_iter().zip(embeddings).zip(codes).zip(targets) {
+        // Not embedded yet: nothing to compare, and nothing to keep (the stamp changes when it is embedded).
+        let Some(e) = e else { continue };
+        let item = Arc::new(match_item(e, c, t));
+        if let Some(stamp) = stamps[i] {
+            fresh.push((ids[i].to_string(), stamp, item.clone()));
+        }
+        out[i] = Some(item);
+    }
+    let mut cache = state.items.lock().unwrap_or_else(|p| p.into_inner());
+    for (id, stamp, item) in fresh {
+        let bytes = id.len() + item.footprint();
+        cache.put(id, (stamp, item), bytes);
+    }
+    Ok(out)
 }
 
 pub(super) async fn match_features(
@@ -326,28 +355,21 @@ pub(super) async fn match_features(
 
     let interests = view.user_interests(&request.user_id)?;
     let wanted = state.config.serve.recent_positives;
-    let mut distinct = HashSet::new();
+    let mut distinct = HashSet::default();
     let positives = view.newest_positives(&request.user_id, |p| {
         distinct.insert(p.item_id.clone());
         distinct.len() < wanted
     })?;
     let recent_ids = recent_distinct(&positives, wanted);
-    let kinds = &state.teacher_kinds;
-    let recent_teachers = view.teacher_targets_of(&recent_ids, kinds)?;
-    let mut recent = Vec::with_capacity(recent_ids.len());
-    for ((vector, codes), targets) in vectors_and_codes(&view, &recent_ids)?
+    let recent: Vec<Arc<MatchItem>> = match_items(&state, &view, &recent_ids)?
         .into_iter()
-        .zip(recent_teachers)
-    {
         // A positive without an embedding (not embedded yet) has nothing to compare.
-        let Some(vector) = vector else { continue };
-        let (_, id_vectors) = teacher_vectors(targets);
-        recent.push(RecentItem {
-            vector,
-            semantic_ids: codes,
-            id_vectors,
-        });
-    }
+        .flatten()
+        .collect();
+    let ids: Vec<&str> = request.candidates.iter().map(String::as_str).collect();
+    let candidates = match_items(&state, &view, &ids)?;
+    drop(view);
+
     let user = UserSide {
         interest_mean: interests.as_ref().map(|u| u.mean.clone()),
         clusters: interests
@@ -362,28 +384,6 @@ pub(super) async fn match_features(
         recent,
         query_len: state.config.jobs.seq2item_query_len,
     };
-
-    let ids: Vec<&str> = request.candidates.iter().map(String::as_str).collect();
-    let candidate_teachers = view.teacher_targets_of(&ids, kinds)?;
-    let mut candidates = Vec::with_capacity(ids.len());
-    for ((vector, codes), targets) in vectors_and_codes(&view, &ids)?
-        .into_iter()
-        .zip(candidate_teachers)
-    {
-        let (seq2item, id_vectors) = if vector.is_some() {
-            teacher_vectors(targets)
-        } else {
-            (None, BTreeMap::new())
-        };
-        candidates.push(CandidateSide {
-            vector,
-            semantic_ids: codes,
-            seq2item_teacher: seq2item,
-            id_vectors,
-        });
-    }
-    drop(view);
-
     let computed = features::match_features(
         &user,
         &candidates,
@@ -401,7 +401,7 @@ pub(super) async fn match_features(
             .zip(candidates.iter().zip(computed))
             .map(|(item_id, (c, features))| CandidateBody {
                 item_id,
-                found: c.vector.is_some(),
+                found: c.is_some(),
                 features,
             })
             .collect(),

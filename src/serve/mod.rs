@@ -24,6 +24,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
+use crate::cache::GenerationalCache;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::ingest::now_ms;
@@ -39,6 +40,8 @@ pub struct ServeState {
     catalog: RwLock<Catalog>,
     /// The teacher-target kinds match features read (fixed by the config).
     teacher_kinds: Vec<String>,
+    /// Items decoded for match features, each with the stamp it was read under (see `lookup::match_items`).
+    items: Mutex<GenerationalCache<String, (u64, Arc<features::MatchItem>)>>,
     /// When the store view last caught up (ms since the epoch).
     caught_up_ms: AtomicI64,
     problem: Mutex<Option<String>>,
@@ -60,6 +63,7 @@ impl ServeState {
         let state = Arc::new(ServeState {
             store,
             teacher_kinds: lookup::teacher_kinds(&config),
+            items: Mutex::new(GenerationalCache::new(config.serve.item_cache_mb << 20)),
             config,
             prometheus,
             catalog: RwLock::new(Catalog::default()),

@@ -25,6 +25,7 @@
 //! | `teacher_targets`| 01 · item_id · 00 · kind (`seq2item`, `id:<space>`) | 01 · source str · samples u32 · ts i64 · dim u32 · f32 × dim |
 //! | `interests_pending` | 01 · user_id                            | 01 (the user's positives changed since their interests were computed) |
 //! | `job_state`      | ascii name                                 | 01 · u64 LE (counters)                        |
+//! | `item_stamps`    | 01 · item_id                               | 01 · u64 LE (changes with every write to the item's embedding, semantic IDs or teacher targets) |
 //!
 //! Ids are printable ASCII (no 0x00), so 0x00 is a safe separator.
 

@@ -9,6 +9,7 @@ mod view;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
 use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, ReadOptions, WriteBatch};
@@ -24,7 +25,10 @@ pub use view::{SemanticIds, StoreView};
 /// On-disk format this build writes. Bumped when a layout changes incompatibly.
 /// 2: user histories and positives hold one key per entry (format 1: one list value per user); a writer opening
 /// a format-1 store upgrades it in place.
-pub const FORMAT_VERSION: u32 = 2;
+/// 3: every item-level write (embedding, semantic IDs, teacher targets) also writes the item's stamp
+/// ([`cf::ITEM_STAMPS`]), which lets lookups keep decoded items between requests; the upgrade stamps every
+/// embedded item.
+pub const FORMAT_VERSION: u32 = 3;
 const FORMAT_KEY: &[u8] = b"format_version";
 
 /// Column families, one per concern.
@@ -45,8 +49,12 @@ pub mod cf {
     pub const LOG_PENDING: &str = "log_pending";
     pub const EMBED_PENDING: &str = "embed_pending";
     pub const INTERESTS_PENDING: &str = "interests_pending";
+    /// Per item, a value that changes with every write to the item's embedding, semantic IDs or teacher
+    /// targets (in the same batch): a reader holding a decoded copy checks it is still current with one small
+    /// read instead of reading the item's values again.
+    pub const ITEM_STAMPS: &str = "item_stamps";
 
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 17] = [
         META,
         OFFSETS,
         ITEMS,
@@ -63,6 +71,7 @@ pub mod cf {
         LOG_PENDING,
         EMBED_PENDING,
         INTERESTS_PENDING,
+        ITEM_STAMPS,
     ];
 }
 
@@ -75,6 +84,9 @@ pub struct Store {
     catch_up: RwLock<()>,
     /// Secondary instances: a fingerprint of the primary's files at the last catch-up.
     files_at_catch_up: Mutex<Option<u64>>,
+    /// The next item stamp this process writes: starts at a random value, so that stamps from different
+    /// processes (and restarts) do not repeat one another.
+    next_stamp: AtomicU64,
 }
 
 /// How this process holds the store.
@@ -146,7 +158,7 @@ impl Store {
         std::fs::create_dir_all(&path)
             .map_err(|e| Error::io(format!("creating store directory {}", path.display()), e))?;
         let opts = db_options();
-        let names = Self::all_cf_names(&opts, &path);
+        let names = Self::all_cf_names(&opts, &path, true);
         let db = DB::open_cf_descriptors(&opts, &path, descriptors(&names))
             .map_err(|e| open_error(&path, e))?;
         let store = Store {
@@ -155,6 +167,7 @@ impl Store {
             access: Access::Primary,
             catch_up: RwLock::new(()),
             files_at_catch_up: Mutex::new(None),
+            next_stamp: AtomicU64::new(random_u64()),
         };
         store.check_format(true)?;
         Ok(store)
@@ -165,7 +178,7 @@ impl Store {
         let path = path.as_ref().to_path_buf();
         require_existing(&path, "")?;
         let opts = db_options();
-        let names = Self::all_cf_names(&opts, &path);
+        let names = Self::all_cf_names(&opts, &path, false);
         let db = DB::open_cf_descriptors_read_only(&opts, &path, descriptors(&names), false)
             .map_err(|e| open_error(&path, e))?;
         let store = Store {
@@ -174,6 +187,7 @@ impl Store {
             access: Access::ReadOnly,
             catch_up: RwLock::new(()),
             files_at_catch_up: Mutex::new(None),
+            next_stamp: AtomicU64::new(random_u64()),
         };
         store.check_format(false)?;
         Ok(store)
@@ -196,7 +210,7 @@ impl Store {
         // Secondaries must keep every table file open: the primary may delete a file after compaction while a
         // read still needs it.
         opts.set_max_open_files(-1);
-        let names = Self::all_cf_names(&opts, &path);
+        let names = Self::all_cf_names(&opts, &path, false);
         let db = DB::open_cf_descriptors_as_secondary(
             &opts,
             path.as_path(),
@@ -210,6 +224,7 @@ impl Store {
             access: Access::Secondary,
             catch_up: RwLock::new(()),
             files_at_catch_up: Mutex::new(None),
+            next_stamp: AtomicU64::new(random_u64()),
         };
         store.check_format(false)?;
         Ok(store)
@@ -275,10 +290,20 @@ impl Store {
         Ok(out)
     }
 
-    /// Ours plus any family a newer build added (RocksDB refuses to open without naming them all).
-    fn all_cf_names(opts: &Options, path: &Path) -> Vec<String> {
+    /// The writer: ours (created when missing) plus any family a newer build added (RocksDB refuses to open
+    /// without naming them all). Readers: the families the store has, since they cannot create one; a store
+    /// from an older build then opens and says which format it has instead of failing on a missing family.
+    fn all_cf_names(opts: &Options, path: &Path, writer: bool) -> Vec<String> {
+        let existing = DB::list_cf(opts, path).ok();
+        if !writer && let Some(existing) = &existing {
+            return existing
+                .iter()
+                .filter(|n| *n != "default")
+                .cloned()
+                .collect();
+        }
         let mut names: Vec<String> = cf::ALL.iter().map(|s| s.to_string()).collect();
-        if let Ok(existing) = DB::list_cf(opts, path) {
+        if let Some(existing) = existing {
             for name in existing {
                 if name != "default" && !names.contains(&name) {
                     names.push(name);
@@ -316,7 +341,12 @@ impl Store {
                             supported: FORMAT_VERSION,
                         });
                     }
-                    self.upgrade_user_lists()?;
+                    if found < 2 {
+                        self.upgrade_user_lists()?;
+                    }
+                    if found < 3 {
+                        self.stamp_embedded_items()?;
+                    }
                     self.db
                         .put_cf(meta, FORMAT_KEY, FORMAT_VERSION.to_be_bytes())
                         .map_err(|e| Error::rocks("writing format version", e))?;
@@ -362,6 +392,25 @@ impl Store {
             batch.commit()?;
         }
         Ok(())
+    }
+
+    /// Format 2 -> 3: a stamp for every item with an embedding (later writes stamp as they go). Idempotent, so
+    /// an interrupted upgrade just runs again.
+    fn stamp_embedded_items(&self) -> Result<()> {
+        let mut batch = self.batch();
+        let mut items = 0;
+        for entry in self
+            .db
+            .iterator_cf(self.cf(cf::ITEM_EMBEDDINGS)?, IteratorMode::Start)
+        {
+            let (key, _) = entry.map_err(|e| Error::rocks("reading item embeddings", e))?;
+            batch.stamp_item_key(&key)?;
+            items += 1;
+            if items % 10_000 == 0 {
+                std::mem::replace(&mut batch, self.batch()).commit()?;
+            }
+        }
+        batch.commit()
     }
 
     pub fn path(&self) -> &Path {
@@ -897,6 +946,14 @@ impl Store {
             .map_err(|e| Error::rocks("writing a format-1 list", e))
     }
 
+    /// Drops a column family, for tests that simulate a store written before the family existed.
+    #[doc(hidden)]
+    pub fn drop_family(&mut self, name: &str) -> Result<()> {
+        self.db
+            .drop_cf(name)
+            .map_err(|e| Error::rocks(format!("dropping {name}"), e))
+    }
+
     /// Marks the store with a format version (tests of the upgrade path use this to simulate a newer build).
     #[doc(hidden)]
     pub fn force_format_version(&self, version: u32) -> Result<()> {
@@ -926,6 +983,18 @@ fn files_fingerprint(path: &Path) -> Result<u64> {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     files.hash(&mut hasher);
     Ok(hasher.finish())
+}
+
+/// A random 64-bit number (std's hasher keys come from the OS's random source).
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
 }
 
 /// Readers open only what a writer created: RocksDB's own error for a missing store is far less clear.
@@ -1117,10 +1186,18 @@ impl StateBatch<'_> {
         let handle = self.store.cf(cf::TEACHER_TARGETS)?;
         self.batch
             .delete_cf(handle, codec::teacher_key(item_id, kind));
-        Ok(())
+        self.stamp_item_key(&codec::id_key(item_id))
+    }
+
+    /// A new stamp for the item (its `id_key`): every item-level write calls this, so a reader's decoded copy
+    /// of the item is current exactly while the stamp it was read with is.
+    fn stamp_item_key(&mut self, id_key: &[u8]) -> Result<()> {
+        let stamp = self.store.next_stamp.fetch_add(1, Ordering::Relaxed);
+        self.put(cf::ITEM_STAMPS, id_key, &codec::encode_u64(stamp))
     }
 
     pub fn put_teacher_target(&mut self, item_id: &str, t: &TeacherTarget) -> Result<()> {
+        self.stamp_item_key(&codec::id_key(item_id))?;
         self.put(
             cf::TEACHER_TARGETS,
             &codec::teacher_key(item_id, &t.kind),
@@ -1158,19 +1235,19 @@ impl StateBatch<'_> {
         model_version: &str,
         codes: &[u32],
     ) -> Result<()> {
+        let key = codec::id_key(item_id);
+        self.stamp_item_key(&key)?;
         self.put(
             cf::SEMANTIC_IDS,
-            &codec::id_key(item_id),
+            &key,
             &codec::encode_codes(model_version, codes),
         )
     }
 
     pub fn put_item_embedding(&mut self, e: &ItemEmbedding) -> Result<()> {
-        self.put(
-            cf::ITEM_EMBEDDINGS,
-            &codec::id_key(&e.item_id),
-            &codec::encode_item_embedding(e),
-        )
+        let key = codec::id_key(&e.item_id);
+        self.stamp_item_key(&key)?;
+        self.put(cf::ITEM_EMBEDDINGS, &key, &codec::encode_item_embedding(e))
     }
 
     /// Queues one event for the offline log under sequence number `seq`.

@@ -98,6 +98,13 @@ impl<'a> StoreView<'a> {
         })
     }
 
+    /// Each item's stamp ([`cf::ITEM_STAMPS`]): equal stamps mean the item's embedding, semantic IDs and teacher
+    /// targets are as they were when the stamp was read before. None for an item never written.
+    pub fn item_stamps(&self, item_ids: &[&str]) -> Result<Vec<Option<u64>>> {
+        let keys: Vec<Vec<u8>> = item_ids.iter().map(|id| codec::id_key(id)).collect();
+        self.multi_get(cf::ITEM_STAMPS, &keys, |_, v| codec::decode_u64(v))
+    }
+
     pub fn semantic_ids(&self, item_ids: &[&str]) -> Result<Vec<Option<SemanticIds>>> {
         let keys: Vec<Vec<u8>> = item_ids.iter().map(|id| codec::id_key(id)).collect();
         self.multi_get(cf::SEMANTIC_IDS, &keys, |_, v| codec::decode_codes(v))

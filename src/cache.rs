@@ -1,0 +1,138 @@
+//! A bounded in-memory cache shared by the stages that keep decoded store values between uses: the ingest fold
+//! (list heads and item counters between batches) and the lookup API (items as match features need them).
+//!
+//! It is an approximate LRU in two generations, bounded by the bytes the caller says each entry holds: new and
+//! refreshed entries go to the young map; when that holds half the budget it becomes the old map and the
+//! previous old map is dropped. An entry used at least once per generation therefore stays; one not used for a
+//! whole generation goes. Cheaper than an exact LRU (no list to maintain per hit) and good enough for both uses.
+
+use std::borrow::Borrow;
+use std::hash::Hash;
+use std::mem::size_of;
+
+use foldhash::HashMap;
+
+pub struct GenerationalCache<K, V> {
+    half_budget: usize,
+    young: HashMap<K, (V, usize)>,
+    young_bytes: usize,
+    old: HashMap<K, (V, usize)>,
+}
+
+impl<K: Hash + Eq, V> GenerationalCache<K, V> {
+    /// A cache holding about `budget_bytes` (0: caches nothing).
+    pub fn new(budget_bytes: usize) -> Self {
+        GenerationalCache {
+            half_budget: budget_bytes / 2,
+            young: HashMap::default(),
+            young_bytes: 0,
+            old: HashMap::default(),
+        }
+    }
+
+    /// Removes the entry and hands it over (the caller puts it back when it is still valid).
+    pub fn take(&mut self, key: &K) -> Option<V> {
+        if let Some((v, bytes)) = self.young.remove(key) {
+            self.young_bytes = self.young_bytes.saturating_sub(bytes);
+            return Some(v);
+        }
+        self.old.remove(key).map(|(v, _)| v)
+    }
+
+    /// The entry, counted as a use: an entry of the old generation moves to the young one.
+    pub fn get<Q>(&mut self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        if !self.young.contains_key(key) {
+            let (v, bytes) = self.old.remove(key)?;
+            self.insert_young(key.to_owned(), v, bytes);
+        }
+        // After a rotation the entry just moved is in the old map.
+        self.young
+            .get(key)
+            .or_else(|| self.old.get(key))
+            .map(|(v, _)| v)
+    }
+
+    /// Adds or replaces an entry; `bytes` is its heap footprint beyond the map slot (keys, vectors).
+    pub fn put(&mut self, key: K, value: V, bytes: usize) {
+        if self.half_budget == 0 {
+            return;
+        }
+        self.old.remove(&key);
+        if let Some((_, replaced)) = self.young.remove(&key) {
+            self.young_bytes = self.young_bytes.saturating_sub(replaced);
+        }
+        self.insert_young(key, value, size_of::<(K, V, usize)>() + 16 + bytes);
+    }
+
+    fn insert_young(&mut self, key: K, value: V, bytes: usize) {
+        self.young_bytes += bytes;
+        self.young.insert(key, (value, bytes));
+        if self.young_bytes >= self.half_budget {
+            self.old = std::mem::take(&mut self.young);
+            self.young_bytes = 0;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.young.len() + self.old.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn take_moves_the_entry_out() {
+        let mut c = GenerationalCache::new(1 << 20);
+        c.put("k", 3, 0);
+        assert_eq!(c.take(&"k"), Some(3));
+        assert_eq!(c.take(&"k"), None, "taken entries are gone until put back");
+    }
+
+    #[test]
+    fn stays_within_budget_and_keeps_recently_used_entries() {
+        let entry = size_of::<(String, u64, usize)>() + 16 + 6;
+        let mut c = GenerationalCache::new(entry * 100);
+        c.put("hot000".to_string(), 1u64, 6);
+        for i in 0..1_000 {
+            c.put(format!("i{i:05}"), 0, 6);
+            if i % 20 == 0 {
+                // Used once per generation (50 entries): survives every rotation.
+                assert_eq!(c.get("hot000"), Some(&1));
+            }
+            assert!(c.len() <= 101, "{} entries", c.len());
+        }
+        assert_eq!(c.take(&"hot000".to_string()), Some(1));
+        assert_eq!(
+            c.take(&"i00000".to_string()),
+            None,
+            "cold entries are dropped"
+        );
+    }
+
+    #[test]
+    fn get_of_an_entry_that_triggers_a_rotation_still_finds_it() {
+        let mut c = GenerationalCache::new(2 * (size_of::<(u32, u32, usize)>() + 16));
+        c.put(1u32, 10u32, 0);
+        // The put above filled the young half: it rotated into the old map; get moves it back and rotates again.
+        assert_eq!(c.get(&1), Some(&10));
+        assert_eq!(c.get(&1), Some(&10));
+    }
+
+    #[test]
+    fn zero_budget_caches_nothing() {
+        let mut c = GenerationalCache::new(0);
+        c.put("k", 1, 0);
+        assert_eq!(c.take(&"k"), None);
+        assert!(c.is_empty());
+    }
+}
