@@ -13,7 +13,7 @@
 //! with synthetic data shaped like production: BENCH_SERVE_ITEMS items (default 20,000) with 896-d vectors,
 //! semantic IDs, seq2item and item2vec teacher vectors; BENCH_SERVE_USERS users (default 10,000) with 100
 //! positives and 5 interest clusters each. Client and server share this machine's cores.
-//! BENCH_SERVE_ONLY=match (or single) runs one workload only.
+//! BENCH_SERVE_ONLY=match (or single) runs one workload only; =features only the in-process feature arithmetic.
 //! Run: `cargo bench --bench serve`.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -225,6 +225,7 @@ impl Target for Redis {
 }
 
 struct Stats {
+    requests: usize,
     qps: f64,
     p50_ms: f64,
     p99_ms: f64,
@@ -283,6 +284,7 @@ fn load(
     let elapsed = started.elapsed().as_secs_f64().max(duration.as_secs_f64());
     latencies.sort_by(f64::total_cmp);
     Stats {
+        requests: latencies.len(),
         qps: latencies.len() as f64 / elapsed,
         p50_ms: percentile(&latencies, 0.5),
         p99_ms: percentile(&latencies, 0.99),
@@ -311,6 +313,24 @@ fn wait_for(addr: SocketAddr) {
         assert!(Instant::now() < deadline, "nothing listening on {addr}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// CPU seconds (user + system) a process has used so far, from /proc (Linux; 0 elsewhere).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name: state is the 1st, utime the 12th, stime the 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // USER_HZ is 100 on Linux.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn start_server(state: &Path) -> (Process, SocketAddr) {
@@ -367,12 +387,56 @@ fn start_redis(single: &[u8], matched: &[u8]) -> Option<(Process, SocketAddr)> {
     Some((process, addr))
 }
 
+/// The feature arithmetic alone, in this process (no HTTP, no store): one user with an interest mean, 5
+/// clusters and 50 recent positives against 200 candidates, shaped like the store the server reads. Returns
+/// microseconds per request and the multiply-adds of its cosine matrix per second (the floor is the CPU's FMA
+/// throughput).
+fn features_alone(rounds: usize) -> (f64, f64) {
+    use sailstream::serve::features::{MatchItem, UserSide, match_features};
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let item = |rng: &mut Rng| {
+        let codes = vec![
+            rng.below(256) as u32,
+            rng.below(256) as u32,
+            rng.below(256) as u32,
+        ];
+        Arc::new(
+            MatchItem::new(&rng.unit(DIM))
+                .with_semantic_ids(Some(codes))
+                .with_seq2item_teacher(&rng.unit(DIM))
+                .with_id_vector("item2vec", &rng.unit(64)),
+        )
+    };
+    let user = UserSide {
+        interest_mean: Some(rng.unit(DIM)),
+        clusters: (0..5).map(|_| (rng.unit(DIM), 0.2)).collect(),
+        recent: (0..50).map(|_| item(&mut rng)).collect(),
+        query_len: 10,
+    };
+    let candidates: Vec<Option<Arc<MatchItem>>> =
+        (0..CANDIDATES).map(|_| Some(item(&mut rng))).collect();
+    let started = Instant::now();
+    for _ in 0..rounds {
+        std::hint::black_box(match_features(&user, &candidates, 3, 0.5));
+    }
+    let seconds = started.elapsed().as_secs_f64() / rounds as f64;
+    let fmas = (CANDIDATES * 56 * DIM) as f64;
+    (seconds * 1e6, fmas / seconds / 1e9)
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     if !full {
         println!(
             "smoke run of the serving benchmark (use `cargo bench --bench serve` for numbers)"
         );
+    }
+    if std::env::var("BENCH_SERVE_ONLY").as_deref() == Ok("features") {
+        let (micros, gfma) = features_alone(if full { 2_000 } else { 20 });
+        println!(
+            "match features arithmetic alone: {micros:.0} us per request, {gfma:.1} G multiply-adds/s"
+        );
+        return;
     }
     let items = env_usize("BENCH_SERVE_ITEMS", if full { 20_000 } else { 500 });
     let users = env_usize("BENCH_SERVE_USERS", if full { 10_000 } else { 100 });
@@ -384,7 +448,8 @@ fn main() {
         "store: {items} items, {users} users, filled in {:.1}s",
         filling.elapsed().as_secs_f64()
     );
-    let (_server, addr) = start_server(state.path());
+    let (server, addr) = start_server(state.path());
+    let server_pid = server.0.id();
 
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let single: Arc<Vec<Request>> = Arc::new(
@@ -438,9 +503,9 @@ fn main() {
     let redis_match: Arc<Vec<Request>> = Arc::new(vec![Request::Get("match".into())]);
 
     println!(
-        "\n| workload | load | sailstream QPS | p50 ms | p99 ms | Redis GET p50 ms | p99 ms | p99 ratio |"
+        "\n| workload | load | sailstream QPS | p50 ms | p99 ms | server CPU ms/request | Redis GET p50 ms | p99 ms | p99 ratio |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
     let workloads = [
         ("single embedding", &single, &redis_single),
         ("match 1x200", &matches, &redis_match),
@@ -451,6 +516,31 @@ fn main() {
         if !only.is_empty() && !name.starts_with(only.as_str()) {
             continue;
         }
+        if name.starts_with("match") {
+            // Each request once, before any other match request: every item is read from the store and
+            // decoded (the server's item cache is cold), as after a restart or a re-embed of the catalogue.
+            let mut client = Client::new(addr);
+            let cpu = cpu_seconds(server_pid);
+            let started = Instant::now();
+            let mut latencies: Vec<f64> = requests
+                .iter()
+                .map(|r| {
+                    let t = Instant::now();
+                    client.send(r);
+                    t.elapsed().as_secs_f64() * 1000.0
+                })
+                .collect();
+            let elapsed = started.elapsed().as_secs_f64();
+            latencies.sort_by(f64::total_cmp);
+            println!(
+                "| {name} | closed, 1 conn, item cache empty at the start ({} requests, each once) | {:.0} | {:.3} | {:.3} | {:.3} | - | - | - |",
+                latencies.len(),
+                latencies.len() as f64 / elapsed,
+                percentile(&latencies, 0.5),
+                percentile(&latencies, 0.99),
+                (cpu_seconds(server_pid) - cpu) * 1000.0 / latencies.len() as f64
+            );
+        }
         let loads: Vec<(String, usize, Option<f64>)> = vec![
             ("closed, 1 conn".into(), 1, None),
             ("closed, 4 conns".into(), 4, None),
@@ -458,7 +548,9 @@ fn main() {
             ("open, 1000 req/s, 8 conns".into(), 8, Some(1000.0)),
         ];
         for (label, connections, rate) in loads {
+            let cpu = cpu_seconds(server_pid);
             let ours = load(&server_conn, requests, connections, rate, duration);
+            let cpu_ms = (cpu_seconds(server_pid) - cpu) * 1000.0 / ours.requests as f64;
             let floor = redis
                 .is_some()
                 .then(|| load(&redis_conn, redis_requests, connections, rate, duration));
@@ -471,11 +563,16 @@ fn main() {
                 None => ("-".into(), "-".into(), "-".into()),
             };
             println!(
-                "| {name} | {label} | {:.0} | {:.3} | {:.3} | {rp50} | {rp99} | {ratio} |",
+                "| {name} | {label} | {:.0} | {:.3} | {:.3} | {cpu_ms:.3} | {rp50} | {rp99} | {ratio} |",
                 ours.qps, ours.p50_ms, ours.p99_ms
             );
         }
     }
+    let (micros, gfma) = features_alone(if full { 2_000 } else { 20 });
+    println!(
+        "\nmatch features arithmetic alone (in process, 1 user x 200 candidates, 56 user rows): {micros:.0} us per \
+         request; its cosine matrix runs at {gfma:.1} G multiply-adds/s"
+    );
     // How often match features found their items decoded in the server's item cache (serve.item_cache_mb;
     // run with SAILSTREAM__SERVE__ITEM_CACHE_MB=0 for the server without it).
     let metrics = probe.get("/metrics").map(|r| r.text()).unwrap_or_default();

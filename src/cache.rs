@@ -39,21 +39,19 @@ impl<K: Hash + Eq, V> GenerationalCache<K, V> {
         self.old.remove(key).map(|(v, _)| v)
     }
 
-    /// The entry, counted as a use: an entry of the old generation moves to the young one.
-    pub fn get<Q>(&mut self, key: &Q) -> Option<&V>
+    /// A copy of the entry, counted as a use: an entry of the old generation moves to the young one.
+    pub fn get<Q>(&mut self, key: &Q) -> Option<V>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+        V: Clone,
     {
-        if !self.young.contains_key(key) {
-            let (v, bytes) = self.old.remove(key)?;
-            self.insert_young(key.to_owned(), v, bytes);
+        if let Some((v, _)) = self.young.get(key) {
+            return Some(v.clone());
         }
-        // After a rotation the entry just moved is in the old map.
-        self.young
-            .get(key)
-            .or_else(|| self.old.get(key))
-            .map(|(v, _)| v)
+        let (v, bytes) = self.old.remove(key)?;
+        self.insert_young(key.to_owned(), v.clone(), bytes);
+        Some(v)
     }
 
     /// Adds or replaces an entry; `bytes` is its heap footprint beyond the map slot (keys, vectors).
@@ -107,7 +105,7 @@ mod tests {
             c.put(format!("i{i:05}"), 0, 6);
             if i % 20 == 0 {
                 // Used once per generation (50 entries): survives every rotation.
-                assert_eq!(c.get("hot000"), Some(&1));
+                assert_eq!(c.get("hot000"), Some(1));
             }
             assert!(c.len() <= 101, "{} entries", c.len());
         }
@@ -123,9 +121,9 @@ mod tests {
     fn get_of_an_entry_that_triggers_a_rotation_still_finds_it() {
         let mut c = GenerationalCache::new(2 * (size_of::<(u32, u32, usize)>() + 16));
         c.put(1u32, 10u32, 0);
-        // The put above filled the young half: it rotated into the old map; get moves it back and rotates again.
-        assert_eq!(c.get(&1), Some(&10));
-        assert_eq!(c.get(&1), Some(&10));
+        // The put above filled the young half, so it rotated into the old map; get moves it back (rotating again).
+        assert_eq!(c.get(&1), Some(10));
+        assert_eq!(c.get(&1), Some(10));
     }
 
     #[test]

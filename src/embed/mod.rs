@@ -424,22 +424,40 @@ pub fn unit_rows(rows: &[&[f32]]) -> ndarray::Array2<f32> {
     ndarray::Array2::from_shape_vec((rows.len(), dim), data).expect("rows x dim values")
 }
 
-/// The dot product, summed in eight lanes so that the compiler can use SIMD (a plain iterator sum is one
-/// sequential chain of float additions, which it may not reorder). Extra elements of the longer slice are ignored.
+/// The dot product (extra elements of the longer slice are ignored). With AVX2 and FMA (checked at run time,
+/// once per process) it runs in 256-bit fused multiply-adds; otherwise in the baseline's SIMD.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has the two features the function is compiled for (checked just above).
+        return unsafe { dot_avx2_fma(a, b) };
+    }
+    dot_lanes(a, b, |x, y, acc| x * y + acc)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn dot_avx2_fma(a: &[f32], b: &[f32]) -> f32 {
+    dot_lanes(a, b, f32::mul_add)
+}
+
+/// Summed in eight lanes so that the compiler can use SIMD (a plain iterator sum is one sequential chain of
+/// float additions, which it may not reorder). `fma(x, y, acc)` is `x * y + acc`, fused or not. Inlined into
+/// each caller, so that it is compiled with the caller's target features.
+#[inline(always)]
+fn dot_lanes(a: &[f32], b: &[f32], fma: impl Fn(f32, f32, f32) -> f32) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let mut lanes = [0f32; 8];
     let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = a8
+    let tail = a8
         .remainder()
         .iter()
         .zip(b8.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
+        .fold(0.0, |acc, (x, y)| fma(*x, *y, acc));
     for (x, y) in a8.zip(b8) {
         for k in 0..8 {
-            lanes[k] += x[k] * y[k];
+            lanes[k] = fma(x[k], y[k], lanes[k]);
         }
     }
     lanes.iter().sum::<f32>() + tail

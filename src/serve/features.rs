@@ -12,7 +12,7 @@ use foldhash::HashMap;
 
 use ndarray::ArrayView1;
 
-use crate::embed::{dot, mean_direction, normalized, unit_rows};
+use crate::embed::{dot, mean_direction, normalized};
 
 use super::api::MatchFeatures;
 
@@ -152,11 +152,10 @@ pub fn match_features(
         .into_iter()
         .map(Vec::as_slice)
         .chain(clusters.iter().map(|(c, _)| c.as_slice()))
-        .chain(recent.iter().map(|r| r.unit.as_slice()))
         .collect();
     let cluster_offset = usize::from(mean.is_some());
     let recent_offset = cluster_offset + clusters.len();
-    let user_len = user_rows.len();
+    let user_len = recent_offset + recent.len();
 
     let comparable: Vec<(usize, &MatchItem)> = candidates
         .iter()
@@ -164,17 +163,22 @@ pub fn match_features(
         .filter_map(|(i, c)| Some((i, c.as_deref()?)))
         .filter(|(_, c)| Some(c.unit.len()) == dim)
         .collect();
-    let sims = match (dim, user_rows.is_empty() || comparable.is_empty()) {
+    let sims = match (dim, user_len == 0 || comparable.is_empty()) {
         (Some(dim), false) => {
-            let user_matrix = unit_rows(&user_rows);
-            // Candidate rows are unit length already: stacked as they are.
-            let mut data = Vec::with_capacity(comparable.len() * dim);
-            for (_, c) in &comparable {
-                data.extend_from_slice(&c.unit);
+            // The mean and the centroids are normalised here; items are unit length already.
+            let mut user_matrix = Vec::with_capacity(user_len * dim);
+            for row in &user_rows {
+                let norm = dot(row, row).sqrt();
+                let scale = if norm > 0.0 { 1.0 / norm } else { 0.0 };
+                user_matrix.extend(row.iter().map(|x| x * scale));
             }
-            let cand_matrix = ndarray::Array2::from_shape_vec((comparable.len(), dim), data)
-                .expect("candidates x dim values");
-            Some(cand_matrix.dot(&user_matrix.t()))
+            let user_matrix = stack(user_matrix, recent.iter().map(|r| r.unit.as_slice()), dim);
+            let candidates = stack(
+                Vec::with_capacity(comparable.len() * dim),
+                comparable.iter().map(|(_, c)| c.unit.as_slice()),
+                dim,
+            );
+            Some(candidates.dot(&user_matrix.t()))
         }
         _ => None,
     };
@@ -240,6 +244,19 @@ pub fn match_features(
         }
     }
     out
+}
+
+/// `rows` (each `dim` long) appended to `data`, as one matrix.
+fn stack<'a>(
+    mut data: Vec<f32>,
+    rows: impl Iterator<Item = &'a [f32]>,
+    dim: usize,
+) -> ndarray::Array2<f32> {
+    for row in rows {
+        data.extend_from_slice(row);
+    }
+    ndarray::Array2::from_shape_vec((data.len() / dim, dim), data)
+        .expect("whole rows of dim values")
 }
 
 /// The three largest values, largest first (negative infinity where there are fewer than three): a selection,

@@ -14,7 +14,6 @@ use super::api::{
 };
 use super::features::{self, MatchItem, UserSide};
 use super::{ApiError, Catalog, ServeState};
-use crate::metrics as m;
 use crate::schema::ItemEmbedding;
 use crate::store::{HistoryEntry, SemanticIds, StoreView, TeacherTarget};
 
@@ -306,14 +305,14 @@ fn match_items(
         let mut cache = state.items.lock().unwrap_or_else(|p| p.into_inner());
         for (i, (id, stamp)) in ids.iter().zip(&stamps).enumerate() {
             match (stamp, cache.get(*id)) {
-                (Some(now), Some((cached, item))) if cached == now => out[i] = Some(item.clone()),
+                (Some(now), Some((cached, item))) if cached == *now => out[i] = Some(item),
                 _ => misses.push(i),
             }
         }
     }
     let hits = ids.len() - misses.len();
-    metrics::counter!(m::SERVE_ITEM_CACHE, "outcome" => "hit").increment(hits as u64);
-    metrics::counter!(m::SERVE_ITEM_CACHE, "outcome" => "miss").increment(misses.len() as u64);
+    state.item_cache_hits.increment(hits as u64);
+    state.item_cache_misses.increment(misses.len() as u64);
     if misses.is_empty() {
         return Ok(out);
     }
@@ -350,7 +349,7 @@ pub(super) async fn match_features(
     for id in &request.candidates {
         check_id(&state, "candidates[]", id)?;
     }
-    let catalog = state.catalog();
+    let levels = state.catalog().semantic_id_levels;
     let view = state.store.view();
 
     let interests = view.user_interests(&request.user_id)?;
@@ -370,31 +369,35 @@ pub(super) async fn match_features(
     let candidates = match_items(&state, &view, &ids)?;
     drop(view);
 
+    let user_found = interests.is_some() || !positives.is_empty();
+    let has_interests = interests.is_some();
+    let (interest_mean, clusters) = match interests {
+        Some(u) => (
+            Some(u.mean),
+            u.clusters
+                .into_iter()
+                .map(|c| (c.centroid, c.weight))
+                .collect(),
+        ),
+        None => (None, Vec::new()),
+    };
     let user = UserSide {
-        interest_mean: interests.as_ref().map(|u| u.mean.clone()),
-        clusters: interests
-            .as_ref()
-            .map(|u| {
-                u.clusters
-                    .iter()
-                    .map(|c| (c.centroid.clone(), c.weight))
-                    .collect()
-            })
-            .unwrap_or_default(),
+        interest_mean,
+        clusters,
         recent,
         query_len: state.config.jobs.seq2item_query_len,
     };
     let computed = features::match_features(
         &user,
         &candidates,
-        catalog.semantic_id_levels,
+        levels,
         state.config.serve.match_threshold,
     );
     Ok(Json(MatchResponse {
-        user_found: interests.is_some() || !positives.is_empty(),
-        has_interests: interests.is_some(),
+        user_found,
+        has_interests,
         recent_positives_used: user.recent.len(),
-        semantic_id_levels: catalog.semantic_id_levels,
+        semantic_id_levels: levels,
         candidates: request
             .candidates
             .into_iter()

@@ -42,6 +42,9 @@ pub struct ServeState {
     teacher_kinds: Vec<String>,
     /// Items decoded for match features, each with the stamp it was read under (see `lookup::match_items`).
     items: Mutex<GenerationalCache<String, (u64, Arc<features::MatchItem>)>>,
+    /// Items of match requests found in `items` with their stamp unchanged, and the others.
+    item_cache_hits: metrics::Counter,
+    item_cache_misses: metrics::Counter,
     /// When the store view last caught up (ms since the epoch).
     caught_up_ms: AtomicI64,
     problem: Mutex<Option<String>>,
@@ -64,6 +67,8 @@ impl ServeState {
             store,
             teacher_kinds: lookup::teacher_kinds(&config),
             items: Mutex::new(GenerationalCache::new(config.serve.item_cache_mb << 20)),
+            item_cache_hits: metrics::counter!(m::SERVE_ITEM_CACHE, "outcome" => "hit"),
+            item_cache_misses: metrics::counter!(m::SERVE_ITEM_CACHE, "outcome" => "miss"),
             config,
             prometheus,
             catalog: RwLock::new(Catalog::default()),
