@@ -124,12 +124,12 @@ impl OfflineLog {
                     .is_some_and(|t| t.elapsed() >= self.max_age))
     }
 
-    /// Writes every pending row into the next segment. Returns None when nothing was pending.
-    pub fn roll(&self, store: &Store, seq: &mut LogSequence) -> Result<Option<Segment>> {
+    /// Writes every pending row into the next segment. Returns None when nothing was pending. Safe beside
+    /// batches being committed: it reads the pending rows as of one moment (an implicit snapshot) and deletes
+    /// only those. Rolls must not overlap one another (they would both take the same segment number).
+    pub fn roll(&self, store: &Store) -> Result<Option<Segment>> {
         let rows = store.log_pending(usize::MAX)?;
         let Some(&(last_seq, _)) = rows.last() else {
-            seq.pending = 0;
-            seq.oldest_pending = None;
             return Ok(None);
         };
         let number = store.job_u64(NEXT_SEGMENT_KEY)?.unwrap_or(0);
@@ -147,8 +147,6 @@ impl OfflineLog {
             files.push(path);
         }
         store.finish_log_segment(last_seq, number + 1, NEXT_SEGMENT_KEY)?;
-        seq.pending = 0;
-        seq.oldest_pending = None;
         Ok(Some(Segment {
             number,
             rows: rows.len(),

@@ -21,7 +21,7 @@ pub use dlq::DeadLetterSink;
 pub use state::Positives;
 
 use crate::config::Config;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::metrics as m;
 use crate::schema::{self, DeadLetter, InputKind};
 use crate::store::{LogRow, Store};
@@ -74,6 +74,70 @@ impl std::ops::AddAssign for BatchReport {
     }
 }
 
+/// The offline log of an ingestor: where its rows stand, and the roll running in the background, if any.
+struct LogState {
+    log: Arc<log::OfflineLog>,
+    seq: log::LogSequence,
+    rolling: Option<Rolling>,
+}
+
+/// A roll on its own thread, and how many rows were pending when it started (it also takes rows committed
+/// after that, up to the moment it reads them).
+struct Rolling {
+    handle: std::thread::JoinHandle<Result<Option<log::Segment>>>,
+    pending_at_start: u64,
+}
+
+impl LogState {
+    /// Waits for the roll and accounts for what it wrote. On failure its rows stay pending (in the store too).
+    fn collect(&mut self, rolling: Rolling) -> Result<Option<log::Segment>> {
+        let outcome = rolling.handle.join().unwrap_or_else(|_| {
+            Err(Error::Internal(
+                "the offline-log roll thread panicked".into(),
+            ))
+        });
+        match outcome {
+            Ok(segment) => {
+                if let Some(s) = &segment {
+                    // Rows committed after the roll started and written by it are no longer pending.
+                    let extra = (s.rows as u64).saturating_sub(rolling.pending_at_start);
+                    self.seq.pending = self.seq.pending.saturating_sub(extra);
+                    if self.seq.pending == 0 {
+                        self.seq.oldest_pending = None;
+                    }
+                    record_segment(s);
+                }
+                Ok(segment)
+            }
+            Err(e) => {
+                self.seq.pending += rolling.pending_at_start;
+                self.seq.oldest_pending.get_or_insert_with(Instant::now);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for Ingestor {
+    /// A roll still running finishes before the store is let go (were it cut short, its rows would just stay
+    /// pending for the next start, as after a crash).
+    fn drop(&mut self) {
+        if let Some(rolling) = self.log.as_mut().and_then(|s| s.rolling.take()) {
+            let _ = rolling.handle.join();
+        }
+    }
+}
+
+fn record_segment(s: &log::Segment) {
+    metrics::counter!(m::LOG_SEGMENTS).increment(1);
+    metrics::counter!(m::LOG_ROWS).increment(s.rows as u64);
+    tracing::info!(
+        segment = s.number,
+        rows = s.rows,
+        "offline log segment written"
+    );
+}
+
 pub struct Ingestor {
     store: Arc<Store>,
     config: Arc<Config>,
@@ -82,7 +146,7 @@ pub struct Ingestor {
     /// Next offset to apply per (stream, partition); mirrors the store's offsets family.
     next: HashMap<(String, i32), i64>,
     /// The offline event log, when enabled: rows are queued in the store with each batch, rolled into segments.
-    log: Option<(log::OfflineLog, log::LogSequence)>,
+    log: Option<LogState>,
     /// Per-user lists and per-item counters from earlier batches (see `cache`).
     cache: cache::StateCache,
 }
@@ -94,7 +158,11 @@ impl Ingestor {
             let log = log::OfflineLog::new(config.clone());
             let seq = log::LogSequence::load(&store)?;
             log.check_owner(&store, &seq)?;
-            Some((log, seq))
+            Some(LogState {
+                log: Arc::new(log),
+                seq,
+                rolling: None,
+            })
         } else {
             None
         };
@@ -109,26 +177,46 @@ impl Ingestor {
         })
     }
 
-    /// Writes pending offline-log rows into a segment when enough are pending (or they are old enough), or
-    /// always when `force` is set (shutdown, end of a replay).
+    /// Writes pending offline-log rows into a segment when enough are pending (or they are old enough): in the
+    /// background, so that ingest goes on meanwhile (a roll of 200,000 rows re-reads, encodes, compresses and
+    /// syncs them: it used to stall the stream for its whole duration). With `force` (shutdown, end of a replay)
+    /// it waits for a running roll and then writes every row still pending before it returns. Returns the
+    /// segment this call saw finished, if any.
     pub fn roll_log(&mut self, force: bool) -> Result<Option<log::Segment>> {
-        let Some((log, seq)) = self.log.as_mut() else {
+        let Some(state) = self.log.as_mut() else {
             return Ok(None);
         };
-        if !force && !log.due(seq) {
-            return Ok(None);
+        let mut finished = None;
+        if let Some(rolling) = state.rolling.take() {
+            if !force && !rolling.handle.is_finished() {
+                state.rolling = Some(rolling);
+                return Ok(None);
+            }
+            finished = state.collect(rolling)?;
         }
-        let segment = log.roll(&self.store, seq)?;
-        if let Some(s) = &segment {
-            metrics::counter!(m::LOG_SEGMENTS).increment(1);
-            metrics::counter!(m::LOG_ROWS).increment(s.rows as u64);
-            tracing::info!(
-                segment = s.number,
-                rows = s.rows,
-                "offline log segment written"
-            );
+        if force {
+            let segment = state.log.roll(&self.store)?;
+            state.seq.pending = 0;
+            state.seq.oldest_pending = None;
+            if let Some(s) = &segment {
+                record_segment(s);
+            }
+            return Ok(segment.or(finished));
         }
-        Ok(segment)
+        if state.log.due(&state.seq) {
+            let (log, store) = (state.log.clone(), self.store.clone());
+            let handle = std::thread::Builder::new()
+                .name("offline-log-roll".into())
+                .spawn(move || log.roll(&store))
+                .map_err(|e| Error::io("starting the offline-log roll thread", e))?;
+            state.rolling = Some(Rolling {
+                handle,
+                pending_at_start: state.seq.pending,
+            });
+            state.seq.pending = 0;
+            state.seq.oldest_pending = None;
+        }
+        Ok(finished)
     }
 
     /// Reads the source until it is exhausted (files) or `stop` resolves (Kafka), committing batch by batch.
@@ -259,7 +347,7 @@ impl Ingestor {
             batch.set_offset(stream, *partition, *next)?;
         }
         let logged = log_rows.len() as u64;
-        if let Some((_, seq)) = &self.log {
+        if let Some(LogState { seq, .. }) = &self.log {
             let mut next_seq = seq.next_seq;
             for row in &log_rows {
                 batch.append_log(next_seq, row)?;
@@ -275,7 +363,7 @@ impl Ingestor {
                 .iter()
                 .map(|(stream, partition, next)| ((stream.clone(), *partition), *next)),
         );
-        if let Some((_, seq)) = &mut self.log {
+        if let Some(LogState { seq, .. }) = &mut self.log {
             seq.next_seq += logged;
             seq.pending += logged;
             if logged > 0 && seq.oldest_pending.is_none() {
