@@ -164,7 +164,8 @@ pub fn match_features(
         .filter(|(_, c)| Some(c.unit.len()) == dim)
         .collect();
     let sims = match (dim, user_len == 0 || comparable.is_empty()) {
-        (Some(dim), false) => {
+        // A zero-length vector (never written by the embed stage, but a store is input) compares as nothing.
+        (Some(dim), false) if dim > 0 => {
             // The mean and the centroids are normalised here; items are unit length already.
             let mut user_matrix = Vec::with_capacity(user_len * dim);
             for row in &user_rows {
@@ -360,6 +361,19 @@ mod tests {
             let n = values.len().min(3);
             assert_eq!(top[..n], sorted[..n], "{values:?}");
         }
+    }
+
+    #[test]
+    fn zero_length_vectors_give_defaults_not_a_panic() {
+        let user = UserSide {
+            interest_mean: Some(Vec::new()),
+            recent: shared(vec![item(&[])]),
+            query_len: 1,
+            ..UserSide::default()
+        };
+        let f = &match_features(&user, &only(item(&[])), 1, 0.5)[0];
+        assert_eq!(f.recent_count_above, 0);
+        assert_eq!(f.interest_mean_cos, 0.0);
     }
 
     #[test]
