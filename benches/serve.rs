@@ -184,6 +184,42 @@ fn fill_store(path: &Path, items: usize, users: usize) {
     store.flush().unwrap();
 }
 
+/// Commits to the live store (as the primary, beside the server's secondary) until `stop`: every 10 ms one batch
+/// that rewrites a random user's interests (~24 KB, as the interests job does), so each catch-up of the server
+/// has ~100 batches to apply. Returns the batches committed.
+fn write_continuously(path: &Path, users: usize, stop: &std::sync::atomic::AtomicBool) -> usize {
+    let store = Store::open(path).unwrap();
+    let mut rng = Rng(0x5151_7a7a_0b0b_c3c3);
+    let mut batches = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let mut batch = store.batch();
+        let id = user_id(rng.below(users));
+        batch
+            .put_user_interests(
+                &id,
+                &UserInterests {
+                    model_version: "0.1.0".into(),
+                    ts: T0 + 200 * 60_000,
+                    positives_used: 100,
+                    mean: rng.unit(DIM),
+                    clusters: (0..5)
+                        .map(|_| InterestCluster {
+                            centroid: rng.unit(DIM),
+                            medoid: item_id(0),
+                            weight: 0.2,
+                            size: 20,
+                        })
+                        .collect(),
+                },
+            )
+            .unwrap();
+        batch.commit().unwrap();
+        batches += 1;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    batches
+}
+
 /// One request of a workload, ready to send.
 #[derive(Clone)]
 enum Request {
@@ -541,19 +577,34 @@ fn main() {
                 (cpu_seconds(server_pid) - cpu) * 1000.0 / latencies.len() as f64
             );
         }
-        let loads: Vec<(String, usize, Option<f64>)> = vec![
-            ("closed, 1 conn".into(), 1, None),
-            ("closed, 4 conns".into(), 4, None),
-            ("closed, 16 conns".into(), 16, None),
-            ("open, 1000 req/s, 8 conns".into(), 8, Some(1000.0)),
+        let loads: Vec<(&str, usize, Option<f64>, bool)> = vec![
+            ("closed, 1 conn", 1, None, false),
+            ("closed, 4 conns", 4, None, false),
+            ("closed, 16 conns", 16, None, false),
+            ("open, 1000 req/s, 8 conns", 8, Some(1000.0), false),
+            (
+                "open, 1000 req/s, 8 conns, a writer committing beside it",
+                8,
+                Some(1000.0),
+                true,
+            ),
         ];
-        for (label, connections, rate) in loads {
-            let cpu = cpu_seconds(server_pid);
-            let ours = load(&server_conn, requests, connections, rate, duration);
-            let cpu_ms = (cpu_seconds(server_pid) - cpu) * 1000.0 / ours.requests as f64;
-            let floor = redis
-                .is_some()
-                .then(|| load(&redis_conn, redis_requests, connections, rate, duration));
+        for (label, connections, rate, with_writer) in loads {
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            let store_path = state.path().join("store");
+            let (ours, cpu_ms, floor, batches) = std::thread::scope(|scope| {
+                let writer = with_writer
+                    .then(|| scope.spawn(|| write_continuously(&store_path, users, &stop)));
+                let cpu = cpu_seconds(server_pid);
+                let ours = load(&server_conn, requests, connections, rate, duration);
+                let cpu_ms = (cpu_seconds(server_pid) - cpu) * 1000.0 / ours.requests as f64;
+                let floor = redis
+                    .is_some()
+                    .then(|| load(&redis_conn, redis_requests, connections, rate, duration));
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                let batches = writer.map(|w| w.join().unwrap());
+                (ours, cpu_ms, floor, batches)
+            });
             let (rp50, rp99, ratio) = match &floor {
                 Some(f) => (
                     format!("{:.3}", f.p50_ms),
@@ -561,6 +612,10 @@ fn main() {
                     format!("{:.1}x", ours.p99_ms / f.p99_ms),
                 ),
                 None => ("-".into(), "-".into(), "-".into()),
+            };
+            let label = match batches {
+                Some(n) => format!("{label} ({n} batches over both loops)"),
+                None => label.to_string(),
             };
             println!(
                 "| {name} | {label} | {:.0} | {:.3} | {:.3} | {cpu_ms:.3} | {rp50} | {rp99} | {ratio} |",

@@ -130,7 +130,8 @@ fn embeddings(
 ) -> Result<Vec<ItemEmbeddingBody>, ApiError> {
     let catalog = state.catalog();
     check_dim(&catalog, dim)?;
-    let view = state.store.view();
+    let store = state.store();
+    let view = store.view();
     let vectors = view.item_embeddings(ids)?;
     let codes = view.semantic_ids(ids)?;
     Ok(ids
@@ -185,7 +186,8 @@ pub(super) async fn user_interests(
             "recent: {recent} is more than the {cap} positives a user keeps (store.positives_cap)"
         )));
     }
-    let view = state.store.view();
+    let store = state.store();
+    let view = store.view();
     let interests = view.user_interests(&user_id)?;
     let mut left = recent;
     let positives = if recent == 0 {
@@ -350,7 +352,8 @@ pub(super) async fn match_features(
         check_id(&state, "candidates[]", id)?;
     }
     let levels = state.catalog().semantic_id_levels;
-    let view = state.store.view();
+    let store = state.store();
+    let view = store.view();
 
     let interests = view.user_interests(&request.user_id)?;
     let wanted = state.config.serve.recent_positives;

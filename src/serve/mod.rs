@@ -1,9 +1,9 @@
 //! The lookup API for rankers: item embeddings, user interests and match features over HTTP/JSON (axum).
 //!
 //! It answers from RocksDB in one of three ways (see [`crate::store::Access`]): inside the worker over its own
-//! store (a snapshot per request), as `sailstream serve` following the worker's live store as a secondary
-//! instance (caught up every `serve.catch_up_interval_ms`), or over a checkpoint. Every request reads one
-//! consistent state of the store. Routes, bodies and errors are described in `schemas/openapi.json`.
+//! store (a snapshot per request), as `sailstream serve` following the worker's live store with two secondary
+//! instances that take turns (one catches up every `serve.catch_up_interval_ms` while requests read the other),
+//! or over a checkpoint. Every request reads one consistent state of the store. Routes, bodies and errors are described in `schemas/openapi.json`.
 //!
 //! Bad input is always the caller's: a 4xx with a JSON `{error, code}` body, never a 5xx.
 
@@ -13,7 +13,7 @@ pub mod features;
 mod lookup;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -34,7 +34,11 @@ use api::ErrorBody;
 
 /// What the handlers share.
 pub struct ServeState {
-    store: Arc<Store>,
+    /// The store, or when following a live one, two secondary instances taking turns: requests read the
+    /// current one while the other catches up, then they swap, so a request never waits for a catch-up.
+    stores: Vec<Arc<Store>>,
+    /// Index in `stores` of the instance new requests read.
+    current: AtomicUsize,
     config: Config,
     prometheus: Option<PrometheusHandle>,
     catalog: RwLock<Catalog>,
@@ -58,13 +62,21 @@ struct Catalog {
 }
 
 impl ServeState {
+    /// `stores`: one store, or two secondary instances of the same live store that take turns.
     pub fn new(
-        store: Arc<Store>,
+        stores: Vec<Arc<Store>>,
         config: Config,
         prometheus: Option<PrometheusHandle>,
     ) -> Result<Arc<ServeState>> {
+        if stores.is_empty() || stores.len() > 2 {
+            return Err(Error::Internal(format!(
+                "a lookup server reads one store or two instances of it, not {}",
+                stores.len()
+            )));
+        }
         let state = Arc::new(ServeState {
-            store,
+            stores,
+            current: AtomicUsize::new(0),
             teacher_kinds: lookup::teacher_kinds(&config),
             items: Mutex::new(GenerationalCache::new(config.serve.item_cache_mb << 20)),
             item_cache_hits: metrics::counter!(m::SERVE_ITEM_CACHE, "outcome" => "hit"),
@@ -79,10 +91,16 @@ impl ServeState {
         Ok(state)
     }
 
+    /// The store (instance) a request reads now.
+    fn store(&self) -> Arc<Store> {
+        self.stores[self.current.load(Ordering::Acquire)].clone()
+    }
+
     fn refresh_catalog(&self) -> Result<()> {
+        let store = self.store();
         let catalog = Catalog {
-            models: self.store.models()?,
-            semantic_id_levels: self.store.codebooks()?.map(|c| c.levels.len()).unwrap_or(0),
+            models: store.models()?,
+            semantic_id_levels: store.codebooks()?.map(|c| c.levels.len()).unwrap_or(0),
         };
         *self.catalog.write().unwrap_or_else(|p| p.into_inner()) = catalog;
         Ok(())
@@ -95,10 +113,15 @@ impl ServeState {
             .clone()
     }
 
-    /// One catch-up with the writer (a no-op unless secondary), then the catalog. Failures are kept for
-    /// /readyz and the metrics; lookups go on serving the last good state.
+    /// One catch-up with the writer (a no-op unless secondary), then the catalog. With two instances, the one
+    /// requests are not reading catches up (requests that began on it before the last swap finish first), then
+    /// it becomes the current one. Failures are kept for /readyz and the metrics; lookups go on serving the
+    /// last good state.
     pub fn catch_up(&self) {
-        let outcome = self.store.catch_up().and_then(|changed| {
+        let next = (self.current.load(Ordering::Acquire) + 1) % self.stores.len();
+        let outcome = self.stores[next].catch_up().and_then(|changed| {
+            // Skipped (nothing changed since this instance last caught up) also means it is up to date.
+            self.current.store(next, Ordering::Release);
             if changed {
                 self.refresh_catalog()
             } else {
@@ -122,7 +145,7 @@ impl ServeState {
     }
 
     fn staleness_ms(&self) -> u64 {
-        match self.store.access() {
+        match self.store().access() {
             // The worker's own store, or a static checkpoint: nothing to catch up with.
             Access::Primary | Access::ReadOnly => 0,
             Access::Secondary => {
@@ -270,7 +293,7 @@ async fn ready(State(state): State<Arc<ServeState>>) -> Response {
     }
     let body = api::ReadyBody {
         ready: problem.is_none(),
-        store_access: match state.store.access() {
+        store_access: match state.store().access() {
             Access::Primary => "primary",
             Access::Secondary => "secondary",
             Access::ReadOnly => "read_only",
@@ -376,9 +399,9 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let mut scratch: Option<ScratchDir> = None;
-    let store = match source {
-        Source::Shared(store) => store,
-        Source::Checkpoint(path) => Arc::new(Store::open_read_only(path)?),
+    let stores = match source {
+        Source::Shared(store) => vec![store],
+        Source::Checkpoint(path) => vec![Arc::new(Store::open_read_only(path)?)],
         Source::Follow => {
             let dir = if config.serve.secondary_path.as_os_str().is_empty() {
                 let dir = ScratchDir(std::env::temp_dir().join(format!(
@@ -392,16 +415,18 @@ pub async fn run(
             } else {
                 config.serve.secondary_path.clone()
             };
-            Arc::new(Store::open_secondary(&config.store.path, dir)?)
+            // Two instances taking turns (see `ServeState`).
+            let (a, b) = Store::open_secondary_pair(&config.store.path, dir)?;
+            vec![Arc::new(a), Arc::new(b)]
         }
     };
     let addr: SocketAddr = config.serve_addr();
     let interval = Duration::from_millis(config.serve.catch_up_interval_ms);
-    let state = ServeState::new(store, config, prometheus)?;
+    let state = ServeState::new(stores, config, prometheus)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Error::io(format!("binding the lookup API to {addr}"), e))?;
-    tracing::info!(%addr, access = ?state.store.access(), "lookup API listening");
+    tracing::info!(%addr, access = ?state.store().access(), "lookup API listening");
 
     let refresher = {
         let state = state.clone();

@@ -144,10 +144,13 @@ fn cf_options(name: &str, cache: &rocksdb::Cache) -> Options {
 /// Every family with its options, for any open mode: readers need the same table options as the writer (the
 /// bloom filter policy, or the filters written into the files go unused).
 fn descriptors(names: &[String]) -> Vec<ColumnFamilyDescriptor> {
-    let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+    descriptors_with_cache(names, &rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES))
+}
+
+fn descriptors_with_cache(names: &[String], cache: &rocksdb::Cache) -> Vec<ColumnFamilyDescriptor> {
     names
         .iter()
-        .map(|n| ColumnFamilyDescriptor::new(n, cf_options(n, &cache)))
+        .map(|n| ColumnFamilyDescriptor::new(n, cf_options(n, cache)))
         .collect()
 }
 
@@ -197,8 +200,34 @@ impl Store {
     /// has written, flushed or not, as of the last [`Store::catch_up`]. `scratch` is a directory of its own for
     /// the instance's info log; several secondaries need several directories.
     pub fn open_secondary(path: impl AsRef<Path>, scratch: impl AsRef<Path>) -> Result<Store> {
-        let path = path.as_ref().to_path_buf();
-        let scratch = scratch.as_ref();
+        Self::open_secondary_with_cache(
+            path.as_ref(),
+            scratch.as_ref(),
+            &rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES),
+        )
+    }
+
+    /// Two secondary instances of one live store (scratch directories `a` and `b` under `scratch`) sharing one
+    /// block cache: blocks are cached by the table file they come from, so what one instance read the other
+    /// finds too. A lookup server lets them take turns catching up.
+    pub fn open_secondary_pair(
+        path: impl AsRef<Path>,
+        scratch: impl AsRef<Path>,
+    ) -> Result<(Store, Store)> {
+        let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+        let (path, scratch) = (path.as_ref(), scratch.as_ref());
+        Ok((
+            Self::open_secondary_with_cache(path, &scratch.join("a"), &cache)?,
+            Self::open_secondary_with_cache(path, &scratch.join("b"), &cache)?,
+        ))
+    }
+
+    fn open_secondary_with_cache(
+        path: &Path,
+        scratch: &Path,
+        cache: &rocksdb::Cache,
+    ) -> Result<Store> {
+        let path = path.to_path_buf();
         require_existing(&path, "; start the worker or a replay first")?;
         std::fs::create_dir_all(scratch).map_err(|e| {
             Error::io(
@@ -215,7 +244,7 @@ impl Store {
             &opts,
             path.as_path(),
             scratch,
-            descriptors(&names),
+            descriptors_with_cache(&names, cache),
         )
         .map_err(|e| open_error(&path, e))?;
         let store = Store {
