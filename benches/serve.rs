@@ -158,30 +158,34 @@ fn fill_store(path: &Path, items: usize, users: usize) {
                 })
                 .collect();
             batch.put_user_positives(&id, &positives).unwrap();
+            let medoids: Vec<&str> = positives[..5].iter().map(|p| p.item_id.as_str()).collect();
             batch
-                .put_user_interests(
-                    &id,
-                    &UserInterests {
-                        model_version: model.version.clone(),
-                        ts: T0 + 99 * 60_000,
-                        positives_used: 100,
-                        mean: rng.unit(DIM),
-                        clusters: (0..5)
-                            .map(|k| InterestCluster {
-                                centroid: rng.unit(DIM),
-                                medoid: positives[k].item_id.clone(),
-                                weight: 0.2,
-                                size: 20,
-                            })
-                            .collect(),
-                    },
-                )
+                .put_user_interests(&id, &random_interests(&mut rng, &medoids))
                 .unwrap();
         }
         batch.commit().unwrap();
     }
     // As in a worker's store after a while: the data in table files, not in the write-ahead log and memtables.
     store.flush().unwrap();
+}
+
+/// A user's interests as the interests job stores them: a mean and one equal-weight cluster per medoid.
+fn random_interests(rng: &mut Rng, medoids: &[&str]) -> UserInterests {
+    UserInterests {
+        model_version: "0.1.0".into(),
+        ts: T0 + 99 * 60_000,
+        positives_used: 100,
+        mean: rng.unit(DIM),
+        clusters: medoids
+            .iter()
+            .map(|medoid| InterestCluster {
+                centroid: rng.unit(DIM),
+                medoid: medoid.to_string(),
+                weight: 1.0 / medoids.len() as f32,
+                size: 20,
+            })
+            .collect(),
+    }
 }
 
 /// Commits to the live store (as the primary, beside the server's secondary) until `stop`: every 10 ms one batch
@@ -194,24 +198,9 @@ fn write_continuously(path: &Path, users: usize, stop: &std::sync::atomic::Atomi
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         let mut batch = store.batch();
         let id = user_id(rng.below(users));
+        let medoid = item_id(0);
         batch
-            .put_user_interests(
-                &id,
-                &UserInterests {
-                    model_version: "0.1.0".into(),
-                    ts: T0 + 200 * 60_000,
-                    positives_used: 100,
-                    mean: rng.unit(DIM),
-                    clusters: (0..5)
-                        .map(|_| InterestCluster {
-                            centroid: rng.unit(DIM),
-                            medoid: item_id(0),
-                            weight: 0.2,
-                            size: 20,
-                        })
-                        .collect(),
-                },
-            )
+            .put_user_interests(&id, &random_interests(&mut rng, &[medoid.as_str(); 5]))
             .unwrap();
         batch.commit().unwrap();
         batches += 1;
