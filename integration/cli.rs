@@ -456,18 +456,7 @@ fn operations_docs_cover_every_config_key_and_metric() {
 fn demo_over_a_folder_of_dumps_tells_the_whole_story() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path();
-    let out = bin()
-        .args(["demo", "--events", "pipelines/sample"])
-        .env("SAILSTREAM__STORE__PATH", state.join("store"))
-        .env("SAILSTREAM__OFFLINE_LOG__PATH", state.join("log"))
-        .env("SAILSTREAM__JOBS__OUTPUT_DIR", state.join("exports"))
-        .env("SAILSTREAM__METRICS__ENABLED", "false")
-        .env(
-            "SAILSTREAM__SERVE__LISTEN",
-            format!("127.0.0.1:{}", free_port()),
-        )
-        .output()
-        .unwrap();
+    let out = harness::demo_in(state).output().unwrap();
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stderr.contains("backfill finished"), "{stderr}");

@@ -216,17 +216,9 @@ fn demo_through_the_broker_produces_once_and_streams_into_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path();
     let run = || {
-        let out = harness::sailstream()
-            .args(["demo", "--events", "pipelines/sample", "--kafka"])
+        let out = harness::demo_in(state)
+            .arg("--kafka")
             .arg(broker.bootstrap())
-            .env("SAILSTREAM__STORE__PATH", state.join("store"))
-            .env("SAILSTREAM__OFFLINE_LOG__PATH", state.join("log"))
-            .env("SAILSTREAM__JOBS__OUTPUT_DIR", state.join("exports"))
-            .env("SAILSTREAM__METRICS__ENABLED", "false")
-            .env(
-                "SAILSTREAM__SERVE__LISTEN",
-                format!("127.0.0.1:{}", harness::free_port()),
-            )
             .env("SAILSTREAM__LOG__LEVEL", "warn,librdkafka=off,rdkafka=off")
             .output()
             .unwrap();

@@ -37,6 +37,22 @@ pub fn sailstream() -> Command {
     c
 }
 
+/// `sailstream demo` over the sample dumps with everything it writes under `state` (store, offline log,
+/// exports), no metrics listener and the lookup API on a free port; the caller adds the rest and runs it.
+pub fn demo_in(state: &Path) -> Command {
+    let mut c = sailstream();
+    c.args(["demo", "--events", "pipelines/sample"])
+        .env("SAILSTREAM__STORE__PATH", state.join("store"))
+        .env("SAILSTREAM__OFFLINE_LOG__PATH", state.join("log"))
+        .env("SAILSTREAM__JOBS__OUTPUT_DIR", state.join("exports"))
+        .env("SAILSTREAM__METRICS__ENABLED", "false")
+        .env(
+            "SAILSTREAM__SERVE__LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        );
+    c
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind an ephemeral loopback port")
