@@ -428,24 +428,46 @@ pub async fn run(
         .map_err(|e| Error::io(format!("binding the lookup API to {addr}"), e))?;
     tracing::info!(%addr, access = ?state.store().access(), "lookup API listening");
 
+    // Catch-ups run on a thread of their own at a lower CPU priority: beside a busy writer one takes tens of
+    // milliseconds of CPU, which requests should not have to wait for on a small machine. (Dropping `stop`
+    // ends the thread.)
+    let (stop_catching_up, stopped) = std::sync::mpsc::channel::<()>();
     let refresher = {
         let state = state.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(interval).await;
-                let state = state.clone();
-                // Catch-up waits for in-flight requests and does disk I/O: keep it off the request threads.
-                let _ = tokio::task::spawn_blocking(move || state.catch_up()).await;
-            }
-        })
+        std::thread::Builder::new()
+            .name("serve-catch-up".into())
+            .spawn(move || {
+                lower_this_threads_priority();
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(interval)
+                {
+                    state.catch_up();
+                }
+            })
+            .map_err(|e| Error::io("starting the catch-up thread", e))?
     };
     let served = axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(|e| Error::io("serving the lookup API", e));
-    refresher.abort();
+    drop(stop_catching_up);
+    // A catch-up in progress finishes before the instances and their directory go.
+    let _ = tokio::task::spawn_blocking(move || refresher.join()).await;
     drop(scratch);
     served
+}
+
+/// Nice 10 for the calling thread (Linux schedules threads individually), so that it yields to request threads
+/// when the cores are busy. Best effort: on failure the thread keeps its priority.
+fn lower_this_threads_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain system calls on the calling thread, with no pointers involved.
+    unsafe {
+        let tid = libc::gettid();
+        if libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10) != 0 {
+            tracing::debug!("could not lower the catch-up thread's priority");
+        }
+    }
 }
 
 /// A secondary instance's own directory, removed when the server stops.
