@@ -429,8 +429,8 @@ pub async fn run(
     tracing::info!(%addr, access = ?state.store().access(), "lookup API listening");
 
     // Catch-ups run on a thread of their own at a lower CPU priority: beside a busy writer one takes tens of
-    // milliseconds of CPU, which requests should not have to wait for on a small machine. (Dropping `stop`
-    // ends the thread.)
+    // milliseconds of CPU, which requests should not have to wait for on a small machine. Dropping
+    // `stop_catching_up` ends the thread.
     let (stop_catching_up, stopped) = std::sync::mpsc::channel::<()>();
     let refresher = {
         let state = state.clone();
