@@ -12,7 +12,7 @@ use foldhash::HashMap;
 
 use ndarray::ArrayView1;
 
-use crate::embed::{dot, mean_direction, normalized};
+use crate::embed::{dot, mean_direction, normalize, normalized};
 
 use super::api::MatchFeatures;
 
@@ -169,9 +169,9 @@ pub fn match_features(
             // The mean and the centroids are normalised here; items are unit length already.
             let mut user_matrix = Vec::with_capacity(user_len * dim);
             for row in &user_rows {
-                let norm = dot(row, row).sqrt();
-                let scale = if norm > 0.0 { 1.0 / norm } else { 0.0 };
-                user_matrix.extend(row.iter().map(|x| x * scale));
+                let start = user_matrix.len();
+                user_matrix.extend_from_slice(row);
+                normalize(&mut user_matrix[start..]);
             }
             let user_matrix = stack(user_matrix, recent.iter().map(|r| r.unit.as_slice()), dim);
             let candidates = stack(

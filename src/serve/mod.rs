@@ -3,7 +3,8 @@
 //! It answers from RocksDB in one of three ways (see [`crate::store::Access`]): inside the worker over its own
 //! store (a snapshot per request), as `sailstream serve` following the worker's live store with two secondary
 //! instances that take turns (one catches up every `serve.catch_up_interval_ms` while requests read the other),
-//! or over a checkpoint. Every request reads one consistent state of the store. Routes, bodies and errors are described in `schemas/openapi.json`.
+//! or over a checkpoint. Every request reads one consistent state of the store. Routes, bodies and errors are
+//! described in `schemas/openapi.json`.
 //!
 //! Bad input is always the caller's: a 4xx with a JSON `{error, code}` body, never a 5xx.
 
@@ -470,7 +471,7 @@ fn lower_this_threads_priority() {
     }
 }
 
-/// A secondary instance's own directory, removed when the server stops.
+/// The secondary instances' own directory, removed when the server stops.
 struct ScratchDir(std::path::PathBuf);
 
 impl Drop for ScratchDir {

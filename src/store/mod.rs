@@ -155,6 +155,18 @@ fn descriptors_with_cache(names: &[String], cache: &rocksdb::Cache) -> Vec<Colum
 }
 
 impl Store {
+    /// The handle around an open database, for every open mode.
+    fn with_db(db: DB, path: PathBuf, access: Access) -> Store {
+        Store {
+            db,
+            path,
+            access,
+            catch_up: RwLock::new(()),
+            files_at_catch_up: Mutex::new(None),
+            next_stamp: AtomicU64::new(random_u64()),
+        }
+    }
+
     /// Opens (creating if needed) the store for reading and writing. Only one process may hold it.
     pub fn open(path: impl AsRef<Path>) -> Result<Store> {
         let path = path.as_ref().to_path_buf();
@@ -164,14 +176,7 @@ impl Store {
         let names = Self::all_cf_names(&opts, &path, true);
         let db = DB::open_cf_descriptors(&opts, &path, descriptors(&names))
             .map_err(|e| open_error(&path, e))?;
-        let store = Store {
-            db,
-            path,
-            access: Access::Primary,
-            catch_up: RwLock::new(()),
-            files_at_catch_up: Mutex::new(None),
-            next_stamp: AtomicU64::new(random_u64()),
-        };
+        let store = Store::with_db(db, path, Access::Primary);
         store.check_format(true)?;
         Ok(store)
     }
@@ -184,14 +189,7 @@ impl Store {
         let names = Self::all_cf_names(&opts, &path, false);
         let db = DB::open_cf_descriptors_read_only(&opts, &path, descriptors(&names), false)
             .map_err(|e| open_error(&path, e))?;
-        let store = Store {
-            db,
-            path,
-            access: Access::ReadOnly,
-            catch_up: RwLock::new(()),
-            files_at_catch_up: Mutex::new(None),
-            next_stamp: AtomicU64::new(random_u64()),
-        };
+        let store = Store::with_db(db, path, Access::ReadOnly);
         store.check_format(false)?;
         Ok(store)
     }
@@ -247,14 +245,7 @@ impl Store {
             descriptors_with_cache(&names, cache),
         )
         .map_err(|e| open_error(&path, e))?;
-        let store = Store {
-            db,
-            path,
-            access: Access::Secondary,
-            catch_up: RwLock::new(()),
-            files_at_catch_up: Mutex::new(None),
-            next_stamp: AtomicU64::new(random_u64()),
-        };
+        let store = Store::with_db(db, path, Access::Secondary);
         store.check_format(false)?;
         Ok(store)
     }

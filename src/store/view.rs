@@ -92,7 +92,7 @@ impl<'a> StoreView<'a> {
     }
 
     pub fn item_embeddings(&self, item_ids: &[&str]) -> Result<Vec<Option<ItemEmbedding>>> {
-        let keys: Vec<Vec<u8>> = item_ids.iter().map(|id| codec::id_key(id)).collect();
+        let keys = id_keys(item_ids);
         self.multi_get(cf::ITEM_EMBEDDINGS, &keys, |i, v| {
             codec::decode_item_embedding(item_ids[i], v)
         })
@@ -101,12 +101,12 @@ impl<'a> StoreView<'a> {
     /// Each item's stamp ([`cf::ITEM_STAMPS`]): equal stamps mean the item's embedding, semantic IDs and teacher
     /// targets are as they were when the stamp was read before. None for an item never written.
     pub fn item_stamps(&self, item_ids: &[&str]) -> Result<Vec<Option<u64>>> {
-        let keys: Vec<Vec<u8>> = item_ids.iter().map(|id| codec::id_key(id)).collect();
+        let keys = id_keys(item_ids);
         self.multi_get(cf::ITEM_STAMPS, &keys, |_, v| codec::decode_u64(v))
     }
 
     pub fn semantic_ids(&self, item_ids: &[&str]) -> Result<Vec<Option<SemanticIds>>> {
-        let keys: Vec<Vec<u8>> = item_ids.iter().map(|id| codec::id_key(id)).collect();
+        let keys = id_keys(item_ids);
         self.multi_get(cf::SEMANTIC_IDS, &keys, |_, v| codec::decode_codes(v))
     }
 
@@ -186,4 +186,9 @@ impl<'a> StoreView<'a> {
             })?;
         Ok(out)
     }
+}
+
+/// The keys of families keyed by one item id (embeddings, semantic IDs, stamps).
+fn id_keys(item_ids: &[&str]) -> Vec<Vec<u8>> {
+    item_ids.iter().map(|id| codec::id_key(id)).collect()
 }
