@@ -251,6 +251,20 @@ fn a_format_2_store_gets_item_stamps_from_a_writer() {
     assert_eq!(stamps(&reader)[0], seen.last().copied());
 }
 
+/// A reader that opens a store while its writer is still creating the families (current format, one missing)
+/// gets a clear error at open, not a failure on a later read.
+#[test]
+fn a_reader_of_a_store_still_being_created_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    Store::open(dir.path())
+        .unwrap()
+        .drop_family(cf::ITEM_STAMPS)
+        .unwrap();
+    let err = Store::open_read_only(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("still creating"), "{err}");
+    assert!(err.to_string().contains(cf::ITEM_STAMPS), "{err}");
+}
+
 #[test]
 fn a_store_from_a_newer_format_is_refused() {
     let dir = tempfile::tempdir().unwrap();

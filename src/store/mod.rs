@@ -191,6 +191,7 @@ impl Store {
             .map_err(|e| open_error(&path, e))?;
         let store = Store::with_db(db, path, Access::ReadOnly);
         store.check_format(false)?;
+        store.check_families()?;
         Ok(store)
     }
 
@@ -247,6 +248,7 @@ impl Store {
         .map_err(|e| open_error(&path, e))?;
         let store = Store::with_db(db, path, Access::Secondary);
         store.check_format(false)?;
+        store.check_families()?;
         Ok(store)
     }
 
@@ -331,6 +333,25 @@ impl Store {
             }
         }
         names
+    }
+
+    /// Readers open the families the store has (see [`Store::all_cf_names`]); after the format check, one of
+    /// ours still missing means a writer is creating the store right now (RocksDB adds the families one by one).
+    fn check_families(&self) -> Result<()> {
+        match cf::ALL
+            .iter()
+            .find(|name| self.db.cf_handle(name).is_none())
+        {
+            None => Ok(()),
+            Some(missing) => Err(Error::invalid(
+                "store path",
+                format!(
+                    "{} has no `{missing}` family yet: a writer is still creating the store (or it is not a \
+                     sailstream store)",
+                    self.path.display()
+                ),
+            )),
+        }
     }
 
     fn check_format(&self, write_if_missing: bool) -> Result<()> {
