@@ -12,6 +12,7 @@ pub mod manifest;
 pub mod media;
 pub mod stage;
 pub mod text;
+mod vector;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -22,6 +23,7 @@ use ort::value::Tensor;
 use rayon::prelude::*;
 
 pub use manifest::Manifest;
+pub use vector::{cosine, dot, dot_products, mean_direction, normalize, normalized, unit_rows};
 
 use crate::config::{Config, Device};
 use crate::error::{Error, Result};
@@ -378,102 +380,6 @@ fn stack<'a>(
     (data, weights)
 }
 
-pub fn normalize(v: &mut [f32]) {
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if norm > 0.0 {
-        v.iter_mut().for_each(|x| *x /= norm);
-    }
-}
-
-/// A copy scaled to unit length (a zero vector stays zero).
-pub fn normalized(v: &[f32]) -> Vec<f32> {
-    let mut v = v.to_vec();
-    normalize(&mut v);
-    v
-}
-
-/// Normalised mean of the normalised vectors (those of the first one's dimension); None when there are none.
-pub fn mean_direction<'a>(vectors: impl IntoIterator<Item = &'a [f32]>) -> Option<Vec<f32>> {
-    let mut sum: Option<Vec<f32>> = None;
-    for v in vectors {
-        let v = normalized(v);
-        match &mut sum {
-            None => sum = Some(v),
-            Some(s) if s.len() == v.len() => s.iter_mut().zip(&v).for_each(|(a, b)| *a += b),
-            Some(_) => {}
-        }
-    }
-    sum.map(|mut s| {
-        normalize(&mut s);
-        s
-    })
-}
-
-/// The rows as one matrix, each scaled to unit length (zero rows stay zero), so that a matrix product gives
-/// every cosine at once. The column count is the first row's length.
-pub fn unit_rows(rows: &[&[f32]]) -> ndarray::Array2<f32> {
-    let dim = rows.first().map_or(0, |r| r.len());
-    // Filled row by row rather than zeroed first and then copied into: this runs per lookup request.
-    let mut data = Vec::with_capacity(rows.len() * dim);
-    for row in rows {
-        let start = data.len();
-        data.extend_from_slice(&row[..row.len().min(dim)]);
-        data.resize(start + dim, 0.0);
-        normalize(&mut data[start..]);
-    }
-    ndarray::Array2::from_shape_vec((rows.len(), dim), data).expect("rows x dim values")
-}
-
-/// The dot product (extra elements of the longer slice are ignored). With AVX2 and FMA (checked at run time,
-/// once per process) it runs in 256-bit fused multiply-adds; otherwise in the baseline's SIMD.
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has the two features the function is compiled for (checked just above).
-        return unsafe { dot_avx2_fma(a, b) };
-    }
-    dot_lanes(a, b, |x, y, acc| x * y + acc)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn dot_avx2_fma(a: &[f32], b: &[f32]) -> f32 {
-    dot_lanes(a, b, f32::mul_add)
-}
-
-/// Summed in eight lanes so that the compiler can use SIMD (a plain iterator sum is one sequential chain of
-/// float additions, which it may not reorder). `fma(x, y, acc)` is `x * y + acc`, fused or not. Inlined into
-/// each caller, so that it is compiled with the caller's target features.
-#[inline(always)]
-fn dot_lanes(a: &[f32], b: &[f32], fma: impl Fn(f32, f32, f32) -> f32) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut lanes = [0f32; 8];
-    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail = a8
-        .remainder()
-        .iter()
-        .zip(b8.remainder())
-        .fold(0.0, |acc, (x, y)| fma(*x, *y, acc));
-    for (x, y) in a8.zip(b8) {
-        for k in 0..8 {
-            lanes[k] = fma(x[k], y[k], lanes[k]);
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
-}
-
-pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let na = a.iter().map(|x| x * x).sum::<f32>().sqrt();
-    let nb = b.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if na == 0.0 || nb == 0.0 {
-        0.0
-    } else {
-        dot / (na * nb)
-    }
-}
-
 /// Builds the session on the configured device. `cuda` fails loudly when the provider cannot load; `auto`
 /// falls back to CPU and says so.
 fn open_session(model: &Path, config: &Config) -> Result<(Session, &'static str)> {
@@ -527,21 +433,4 @@ fn with_cuda(
         "embed.device",
         "this build has no CUDA support: rebuild with `cargo build --release --features cuda`, or use \"cpu\"/\"auto\"",
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dot_matches_a_sequential_sum_at_every_length_around_the_lanes() {
-        for n in [0, 1, 7, 8, 9, 16, 23, 896] {
-            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
-            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
-            let want: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
-            assert!((dot(&a, &b) as f64 - want).abs() < 1e-4, "n = {n}");
-        }
-        // The longer slice's extra elements are ignored.
-        assert_eq!(dot(&[1.0, 2.0, 3.0], &[1.0, 1.0]), 3.0);
-    }
 }

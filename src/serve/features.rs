@@ -2,17 +2,15 @@
 //!
 //! Everything here is arithmetic on vectors already read from the store (see `lookup.rs` for the reads), so it
 //! can be checked against a plain re-implementation. All cosines are between L2-normalised vectors; the user's
-//! side is one matrix, the candidates another, and one matrix product (ndarray's blocked GEMM) gives every
-//! candidate-to-user cosine at once.
+//! side is one set of rows, the candidates another, and one tiled kernel (`embed::dot_products`) gives every
+//! candidate-to-user cosine at once, reading the cached items' rows in place.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use foldhash::HashMap;
 
-use ndarray::ArrayView1;
-
-use crate::embed::{dot, mean_direction, normalize, normalized};
+use crate::embed::{dot, dot_products, mean_direction, normalize, normalized};
 
 use super::api::MatchFeatures;
 
@@ -163,23 +161,25 @@ pub fn match_features(
         .filter_map(|(i, c)| Some((i, c.as_deref()?)))
         .filter(|(_, c)| Some(c.unit.len()) == dim)
         .collect();
+    // Row-major, `user_len` cosines per comparable candidate.
     let sims = match (dim, user_len == 0 || comparable.is_empty()) {
         // A zero-length vector (never written by the embed stage, but a store is input) compares as nothing.
         (Some(dim), false) if dim > 0 => {
-            // The mean and the centroids are normalised here; items are unit length already.
-            let mut user_matrix = Vec::with_capacity(user_len * dim);
+            // The mean and the centroids are normalised here; items are unit length already and are read
+            // where they lie.
+            let mut normalised = Vec::with_capacity(user_rows.len() * dim);
             for row in &user_rows {
-                let start = user_matrix.len();
-                user_matrix.extend_from_slice(row);
-                normalize(&mut user_matrix[start..]);
+                let start = normalised.len();
+                normalised.extend_from_slice(row);
+                normalize(&mut normalised[start..]);
             }
-            let user_matrix = stack(user_matrix, recent.iter().map(|r| r.unit.as_slice()), dim);
-            let candidates = stack(
-                Vec::with_capacity(comparable.len() * dim),
-                comparable.iter().map(|(_, c)| c.unit.as_slice()),
-                dim,
-            );
-            Some(candidates.dot(&user_matrix.t()))
+            let user_matrix: Vec<&[f32]> = normalised
+                .chunks_exact(dim)
+                .chain(recent.iter().map(|r| r.unit.as_slice()))
+                .collect();
+            let candidate_rows: Vec<&[f32]> =
+                comparable.iter().map(|(_, c)| c.unit.as_slice()).collect();
+            Some(dot_products(&candidate_rows, &user_matrix, dim))
         }
         _ => None,
     };
@@ -217,8 +217,7 @@ pub fn match_features(
         }
     }
     if let Some(sims) = sims {
-        for (row, &(i, _)) in comparable.iter().enumerate() {
-            let s: ArrayView1<f32> = sims.row(row);
+        for (s, &(i, _)) in sims.chunks_exact(user_len).zip(&comparable) {
             let f = &mut out[i];
             if mean.is_some() {
                 f.interest_mean_cos = s[0];
@@ -231,10 +230,10 @@ pub fn match_features(
                     Some(best.map_or(x, |b| b.max(x)))
                 })
                 .unwrap_or(0.0);
-            let recent_sims = s.slice(ndarray::s![recent_offset..user_len]);
+            let recent_sims = &s[recent_offset..];
             if !recent_sims.is_empty() {
                 let n = recent_sims.len() as f32;
-                f.recent_mean_cos = recent_sims.sum() / n;
+                f.recent_mean_cos = recent_sims.iter().sum::<f32>() / n;
                 f.recent_count_above =
                     recent_sims.iter().filter(|&&x| x >= threshold).count() as u32;
                 let top = top3(recent_sims.iter().copied());
@@ -245,19 +244,6 @@ pub fn match_features(
         }
     }
     out
-}
-
-/// `rows` (each `dim` long) appended to `data`, as one matrix.
-fn stack<'a>(
-    mut data: Vec<f32>,
-    rows: impl Iterator<Item = &'a [f32]>,
-    dim: usize,
-) -> ndarray::Array2<f32> {
-    for row in rows {
-        data.extend_from_slice(row);
-    }
-    ndarray::Array2::from_shape_vec((data.len() / dim, dim), data)
-        .expect("whole rows of dim values")
 }
 
 /// The three largest values, largest first (negative infinity where there are fewer than three): a selection,
