@@ -2,6 +2,7 @@
 
 use foldhash::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
@@ -291,25 +292,62 @@ fn match_item(
     item
 }
 
+/// An item in the server's cache, with what says whether it is still current.
+pub(super) struct CachedItem {
+    /// The item's stamp when it was read: equal stamps, equal item.
+    stamp: u64,
+    /// The sequence number of a store view in which the stamp was last found unchanged (any such one: they
+    /// are all true). A view at that same sequence number can use the item without reading the stamp.
+    checked_at: AtomicU64,
+    item: Arc<MatchItem>,
+}
+
 /// The items as match features see them (None: no embedding stored). An item is decoded from the store once
 /// and then kept in the server's cache with its stamp; a request uses the cached copy only while the stamp it
 /// reads in its own view is the same, so cached items are exactly as current as the rest of the request's reads.
-/// Reading ~250 small stamps replaces reading each item's embedding (3.5 KB), codes and teacher vectors.
+/// Reading ~250 small stamps replaces reading each item's embedding (3.5 KB), codes and teacher vectors, and a
+/// request whose view is at the sequence number an item's stamp was last checked at (no write since, as
+/// between two catch-ups of a secondary) does not read the stamp either.
 fn match_items(
     state: &ServeState,
     view: &StoreView<'_>,
     ids: &[&str],
 ) -> crate::error::Result<Vec<Option<Arc<MatchItem>>>> {
-    let stamps = view.item_stamps(ids)?;
+    let sequence = view.sequence();
     let mut out: Vec<Option<Arc<MatchItem>>> = vec![None; ids.len()];
+    // Cached items that need their stamp read, and the others (not cached).
+    let mut unchecked: Vec<(usize, Arc<CachedItem>)> = Vec::new();
     let mut misses = Vec::new();
     {
         let mut cache = state.items.lock().unwrap_or_else(|p| p.into_inner());
-        for (i, (id, stamp)) in ids.iter().zip(&stamps).enumerate() {
-            match (stamp, cache.get(*id)) {
-                (Some(now), Some((cached, item))) if cached == *now => out[i] = Some(item),
-                _ => misses.push(i),
+        for (i, id) in ids.iter().enumerate() {
+            match cache.get(*id) {
+                Some(c) if c.checked_at.load(Ordering::Relaxed) == sequence => {
+                    out[i] = Some(c.item.clone())
+                }
+                Some(c) => unchecked.push((i, c)),
+                None => misses.push(i),
             }
+        }
+    }
+    let mut stamps: Vec<Option<u64>> = vec![None; ids.len()];
+    if !unchecked.is_empty() || !misses.is_empty() {
+        let to_read: Vec<usize> = unchecked
+            .iter()
+            .map(|(i, _)| *i)
+            .chain(misses.iter().copied())
+            .collect();
+        let read = view.item_stamps(&to_read.iter().map(|&i| ids[i]).collect::<Vec<_>>())?;
+        for (i, stamp) in to_read.into_iter().zip(read) {
+            stamps[i] = stamp;
+        }
+    }
+    for (i, cached) in unchecked {
+        if stamps[i] == Some(cached.stamp) {
+            cached.checked_at.store(sequence, Ordering::Relaxed);
+            out[i] = Some(cached.item.clone());
+        } else {
+            misses.push(i);
         }
     }
     let hits = ids.len() - misses.len();
@@ -329,14 +367,19 @@ fn match_items(
         let Some(e) = e else { continue };
         let item = Arc::new(match_item(e, c, t));
         if let Some(stamp) = stamps[i] {
-            fresh.push((ids[i].to_string(), stamp, item.clone()));
+            let cached = CachedItem {
+                stamp,
+                checked_at: AtomicU64::new(sequence),
+                item: item.clone(),
+            };
+            fresh.push((ids[i].to_string(), Arc::new(cached)));
         }
         out[i] = Some(item);
     }
     let mut cache = state.items.lock().unwrap_or_else(|p| p.into_inner());
-    for (id, stamp, item) in fresh {
-        let bytes = id.len() + item.footprint();
-        cache.put(id, (stamp, item), bytes);
+    for (id, cached) in fresh {
+        let bytes = id.len() + cached.item.footprint();
+        cache.put(id, cached, bytes);
     }
     Ok(out)
 }

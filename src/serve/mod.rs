@@ -46,7 +46,7 @@ pub struct ServeState {
     /// The teacher-target kinds match features read (fixed by the config).
     teacher_kinds: Vec<String>,
     /// Items decoded for match features, each with the stamp it was read under (see `lookup::match_items`).
-    items: Mutex<GenerationalCache<String, (u64, Arc<features::MatchItem>)>>,
+    items: Mutex<GenerationalCache<String, Arc<lookup::CachedItem>>>,
     /// Items of match requests found in `items` with their stamp unchanged, and the others.
     item_cache_hits: metrics::Counter,
     item_cache_misses: metrics::Counter,

@@ -45,6 +45,17 @@ impl<'a> StoreView<'a> {
         }
     }
 
+    /// The sequence number of the state this view reads: the last write it sees. Two views with the same
+    /// sequence number (of one store, in one process) read the same data, whichever instance they come from:
+    /// a secondary holds no write past its sequence number and every write up to it.
+    pub fn sequence(&self) -> u64 {
+        match &self.snapshot {
+            Some(snapshot) => snapshot.sequence_number(),
+            // A secondary cannot catch up while this view holds its lock; a read-only store never changes.
+            None => self.store.db.latest_sequence_number(),
+        }
+    }
+
     fn read_options(&self) -> ReadOptions {
         let mut opts = ReadOptions::default();
         if let Some(snapshot) = &self.snapshot {
