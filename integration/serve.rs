@@ -912,28 +912,27 @@ fn in_process_server_over_the_primary_sees_each_commit() {
 
 /// Match features keep decoded items between requests; every write to an item (embedding, semantic IDs, teacher
 /// targets, also of a user's recent positive) is seen by the very next request.
-#[test]
-fn match_features_see_each_item_write_despite_the_item_cache() {
-    use sailstream::schema::{Action, ItemEmbedding};
-    use sailstream::store::TeacherTarget;
+/// Writes `vector` as the stored embedding of `item` under the 4-dimension model "m" 1.
+fn embed_m(store: &Store, item: &str, vector: [f32; 4]) {
+    let mut batch = store.batch();
+    batch
+        .put_item_embedding(&sailstream::schema::ItemEmbedding {
+            item_id: item.into(),
+            model: "m".into(),
+            model_version: "1".into(),
+            item_version: 1,
+            vector: vector.to_vec(),
+            semantic_ids: vec![],
+            ts: 1_764_000_000_000,
+        })
+        .unwrap();
+    batch.commit().unwrap();
+}
 
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path().join("store")).unwrap());
-    let embed = |item: &str, vector: [f32; 4]| {
-        let mut batch = store.batch();
-        batch
-            .put_item_embedding(&ItemEmbedding {
-                item_id: item.into(),
-                model: "m".into(),
-                model_version: "1".into(),
-                item_version: 1,
-                vector: vector.to_vec(),
-                semantic_ids: vec![],
-                ts: 1_764_000_000_000,
-            })
-            .unwrap();
-        batch.commit().unwrap();
-    };
+/// A store with model "m", user u1 whose one positive is p1, and p1 and the candidate c1 both embedded along
+/// the first axis.
+fn one_user_one_candidate(path: &Path) -> Arc<Store> {
+    let store = Arc::new(Store::open(path).unwrap());
     let mut batch = store.batch();
     batch.put_model_info(&model_m(vec![4])).unwrap();
     batch
@@ -941,7 +940,7 @@ fn match_features_see_each_item_write_despite_the_item_cache() {
             "u1",
             &[HistoryEntry {
                 item_id: "p1".into(),
-                action: Action::Like,
+                action: sailstream::schema::Action::Like,
                 ts: 1_764_000_000_000,
                 dwell_ms: 0,
                 rating: None,
@@ -949,21 +948,33 @@ fn match_features_see_each_item_write_despite_the_item_cache() {
         )
         .unwrap();
     batch.commit().unwrap();
-    embed("p1", [1.0, 0.0, 0.0, 0.0]);
-    embed("c1", [1.0, 0.0, 0.0, 0.0]);
+    embed_m(&store, "p1", [1.0, 0.0, 0.0, 0.0]);
+    embed_m(&store, "c1", [1.0, 0.0, 0.0, 0.0]);
+    store
+}
 
+/// c1's features for u1.
+fn features_of_c1(client: &mut Client) -> Value {
+    let r = client
+        .post_json(
+            "/v1/match",
+            &json!({"user_id": "u1", "candidates": ["c1"]}).to_string(),
+        )
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json().unwrap()["candidates"][0]["features"].clone()
+}
+
+#[test]
+fn match_features_see_each_item_write_despite_the_item_cache() {
+    use sailstream::store::TeacherTarget;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = one_user_one_candidate(&dir.path().join("store"));
+    let embed = |item: &str, vector: [f32; 4]| embed_m(&store, item, vector);
     let server = InProcess::start(store.clone());
     let mut client = server.client();
-    let mut features = || {
-        let r = client
-            .post_json(
-                "/v1/match",
-                &json!({"user_id": "u1", "candidates": ["c1"]}).to_string(),
-            )
-            .unwrap();
-        assert_eq!(r.status, 200, "{}", r.text());
-        r.json().unwrap()["candidates"][0]["features"].clone()
-    };
+    let mut features = || features_of_c1(&mut client);
     let cos = |f: &Value| f["recent_max_cos"].as_f64().unwrap();
     assert!((cos(&features()) - 1.0).abs() < 1e-6);
     // Asked again (now from the cache): the same answer.
@@ -1009,4 +1020,30 @@ fn match_features_see_each_item_write_despite_the_item_cache() {
     assert_eq!(features()["has_seq2item_teacher"], false);
 
     server.stop();
+}
+
+/// A `serve` process over the live store (a secondary that catches up) answers a repeated request from its item
+/// cache without re-reading the item while nothing is written, and still sees each later write to the
+/// candidate and to the recent positive once it has caught up.
+#[test]
+fn match_features_on_a_secondary_see_item_writes_after_a_catch_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = one_user_one_candidate(&dir.path().join("store"));
+    let server = Server::start(dir.path(), &[]);
+    let mut client = server.client();
+    let cos = |f: &Value| f["recent_max_cos"].as_f64().unwrap();
+    for _ in 0..3 {
+        assert!((cos(&features_of_c1(&mut client)) - 1.0).abs() < 1e-6);
+    }
+    let until = |client: &mut Client, want: f64, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while (cos(&features_of_c1(client)) - want).abs() > 1e-6 {
+            assert!(Instant::now() < deadline, "the server never saw {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    embed_m(&store, "c1", [0.0, 1.0, 0.0, 0.0]);
+    until(&mut client, 0.0, "the candidate's new embedding");
+    embed_m(&store, "p1", [0.0, 1.0, 0.0, 0.0]);
+    until(&mut client, 1.0, "the recent positive's new embedding");
 }
