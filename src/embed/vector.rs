@@ -65,6 +65,7 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
 
 /// The instruction sets the kernels are compiled for, widest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 enum Simd {
     Avx512,
     Avx2Fma,
@@ -73,20 +74,32 @@ enum Simd {
 }
 
 impl Simd {
-    /// The widest this CPU runs (std caches the CPUID answer, so this is a few loads per call).
-    fn detect() -> Simd {
+    const WIDEST_FIRST: [Simd; 3] = [Simd::Avx512, Simd::Avx2Fma, Simd::Baseline];
+
+    /// Whether this CPU runs the kernels compiled for `self` (std caches the CPUID answers, so this is a few
+    /// loads per call).
+    fn supported(self) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                return Simd::Avx512;
-            }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                return Simd::Avx2Fma;
+            use std::arch::is_x86_feature_detected as has;
+            match self {
+                Simd::Avx512 => has!("avx512f"),
+                Simd::Avx2Fma => has!("avx2") && has!("fma"),
+                Simd::Baseline => true,
             }
         }
-        Simd::Baseline
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == Simd::Baseline
+        }
+    }
+
+    /// The widest this CPU runs.
+    fn detect() -> Simd {
+        Simd::WIDEST_FIRST
+            .into_iter()
+            .find(|s| s.supported())
+            .unwrap_or(Simd::Baseline)
     }
 }
 
@@ -99,8 +112,8 @@ fn dot_with(simd: Simd, a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     match simd {
-        // SAFETY (both arms): `simd` came from `Simd::detect` (or a test that checked the same), so the CPU
-        // has the features the function is compiled for.
+        // SAFETY (both arms): callers pass a `Simd` whose `supported()` is true (`detect` does), so the CPU has
+        // the features the function is compiled for.
         #[cfg(target_arch = "x86_64")]
         Simd::Avx512 => unsafe { x86::dot_avx512(a, b) },
         #[cfg(target_arch = "x86_64")]
@@ -370,10 +383,9 @@ mod tests {
 
     /// Every kernel this CPU can run: the baseline always, the wider ones when present.
     fn runnable() -> Vec<Simd> {
-        let widest = Simd::detect();
-        [Simd::Avx512, Simd::Avx2Fma, Simd::Baseline]
+        Simd::WIDEST_FIRST
             .into_iter()
-            .skip_while(|s| *s != widest)
+            .filter(|s| s.supported())
             .collect()
     }
 
