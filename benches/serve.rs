@@ -30,6 +30,8 @@ use sailstream::store::{
 };
 
 const DIM: usize = 896;
+/// The version of the model every stored vector (items and users) belongs to.
+const MODEL_VERSION: &str = "0.1.0";
 const CANDIDATES: usize = 200;
 const T0: i64 = 1_764_000_000_000;
 
@@ -76,7 +78,7 @@ fn fill_store(path: &Path, items: usize, users: usize) {
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     let model = ModelInfo {
         name: "sail-lite".into(),
-        version: "0.1.0".into(),
+        version: MODEL_VERSION.into(),
         dim: DIM,
         matryoshka_prefixes: vec![384, DIM],
         normalized: true,
@@ -172,7 +174,7 @@ fn fill_store(path: &Path, items: usize, users: usize) {
 /// A user's interests as the interests job stores them: a mean and one equal-weight cluster per medoid.
 fn random_interests(rng: &mut Rng, medoids: &[&str]) -> UserInterests {
     UserInterests {
-        model_version: "0.1.0".into(),
+        model_version: MODEL_VERSION.into(),
         ts: T0 + 99 * 60_000,
         positives_used: 100,
         mean: rng.unit(DIM),
