@@ -52,6 +52,12 @@ impl LogSequence {
             oldest_pending: (pending > 0).then(Instant::now),
         })
     }
+
+    /// Every pending row was handed to a roll.
+    pub fn clear_pending(&mut self) {
+        self.pending = 0;
+        self.oldest_pending = None;
+    }
 }
 
 /// What a roll wrote.

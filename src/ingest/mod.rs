@@ -196,8 +196,7 @@ impl Ingestor {
         }
         if force {
             let segment = state.log.roll(&self.store)?;
-            state.seq.pending = 0;
-            state.seq.oldest_pending = None;
+            state.seq.clear_pending();
             if let Some(s) = &segment {
                 record_segment(s);
             }
@@ -213,8 +212,7 @@ impl Ingestor {
                 handle,
                 pending_at_start: state.seq.pending,
             });
-            state.seq.pending = 0;
-            state.seq.oldest_pending = None;
+            state.seq.clear_pending();
         }
         Ok(finished)
     }
