@@ -27,6 +27,10 @@ use sailstream::ingest::kafka::KafkaSource;
 use sailstream::ingest::{DeadLetterSink, Ingestor, Source};
 use sailstream::store::Store;
 
+/// The `sailstream` binary's allocator (src/main.rs), so that the replay runs as a worker does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()

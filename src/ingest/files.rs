@@ -45,6 +45,8 @@ struct Input {
 enum Cursor {
     Jsonl {
         reader: BufReader<File>,
+        /// The line being read, reused: reading into a fresh Vec regrows it several times per line.
+        line: Vec<u8>,
         next: i64,
         bytes: u64,
     },
@@ -162,6 +164,7 @@ fn open_cursor(path: &Path, format: FileFormat) -> Result<Cursor> {
     match format {
         FileFormat::Jsonl => Ok(Cursor::Jsonl {
             reader: BufReader::with_capacity(1 << 20, file),
+            line: Vec::new(),
             next: 0,
             bytes: 0,
         }),
@@ -191,12 +194,13 @@ fn next_in(input: &mut Input) -> Result<Option<(i64, Vec<u8>)>> {
         None => Ok(None),
         Some(Cursor::Jsonl {
             reader,
+            line,
             next,
             bytes,
         }) => loop {
-            let mut line = Vec::new();
+            line.clear();
             let n = reader
-                .read_until(b'\n', &mut line)
+                .read_until(b'\n', line)
                 .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
             if n == 0 {
                 return Ok(None);
@@ -210,7 +214,7 @@ fn next_in(input: &mut Input) -> Result<Option<(i64, Vec<u8>)>> {
             if line.iter().all(|b| b.is_ascii_whitespace()) {
                 continue;
             }
-            return Ok(Some((offset, line)));
+            return Ok(Some((offset, line.clone())));
         },
         Some(Cursor::Parquet {
             reader, rows, next, ..

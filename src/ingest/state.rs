@@ -9,7 +9,7 @@ use super::cache::{Key, StateCache, Value, footprint};
 use crate::config::{Config, PositivesConfig};
 use crate::error::Result;
 use crate::schema::{Action, Behaviour, Event, IdEmbedding, Item};
-use crate::store::{HistoryEntry, ItemStats, ListHead, ListPosition, StateBatch, Store, cf};
+use crate::store::{HistoryEntry, ItemStats, ListHead, ListPosition, StateBatch, Store, cf, codec};
 
 /// The one definition of a positive interaction, shared by the stream and (later) the batch jobs.
 #[derive(Debug, Clone)]
@@ -72,10 +72,10 @@ pub(super) struct Fold<'a> {
     positives_cap: usize,
     positives: &'a Positives,
     items: HashMap<String, Option<Item>>,
-    /// Partial counters per (item, stream, partition).
-    stats: HashMap<(String, String, i32), ItemStats>,
-    /// (item, user) pairs first seen in this batch.
-    new_item_users: HashSet<(String, String)>,
+    /// Partial counters per item, one per source (stream, partition) that has events on it in this batch.
+    stats: HashMap<String, Vec<(String, i32, ItemStats)>>,
+    /// (item, user) pairs first seen in this batch, by their `item_users` key.
+    new_item_users: HashSet<Vec<u8>>,
     histories: HashMap<String, ListUpdate>,
     user_positives: HashMap<String, ListUpdate>,
     id_embeddings: HashMap<(String, String), Option<u64>>,
@@ -135,28 +135,29 @@ impl<'a> Fold<'a> {
 
     fn apply_behaviour(&mut self, b: Behaviour, stream: &str, partition: i32) -> Result<()> {
         let positive = self.positives.is_positive(&b);
-        let entry = HistoryEntry {
-            item_id: b.item_id.clone(),
-            action: b.action,
-            ts: b.ts,
-            dwell_ms: b.dwell_ms.min(u32::MAX as u64) as u32,
-            rating: b.rating.map(|r| r as f32),
-        };
-
         let store = self.store;
-        let key = (b.item_id.clone(), stream.to_string(), partition);
-        let stats = match self.stats.entry(key) {
-            Entry::Occupied(o) => o.into_mut(),
-            Entry::Vacant(v) => {
-                let (item, stream, partition) = v.key().clone();
-                let key = Key::Stats(item, stream, partition);
-                let stats = match self.cache.take(&key) {
+        let stats = match self.stats.get_mut(b.item_id.as_str()) {
+            Some(per_source) => per_source,
+            None => self.stats.entry(b.item_id.clone()).or_default(),
+        };
+        let stats = match stats
+            .iter()
+            .position(|(s, p, _)| s == stream && *p == partition)
+        {
+            Some(at) => &mut stats[at].2,
+            None => {
+                let key = Key::Stats(b.item_id.clone(), stream.to_string(), partition);
+                let stored = match self.cache.take(&key) {
                     Some(Value::Stats(s)) => s,
                     _ => store
-                        .item_stats_partial(&b.item_id, v.key().1.as_str(), partition)?
+                        .item_stats_partial(&b.item_id, stream, partition)?
                         .unwrap_or_default(),
                 };
-                v.insert(stats)
+                let Key::Stats(_, stream, partition) = key else {
+                    unreachable!("built as Stats above")
+                };
+                stats.push((stream, partition, stored));
+                &mut stats.last_mut().expect("pushed above").2
             }
         };
         if stats.events == 0 {
@@ -165,17 +166,35 @@ impl<'a> Fold<'a> {
         }
         stats.events += 1;
         stats.positives += positive as u64;
-        let pair = (b.item_id.clone(), b.user_id.clone());
-        if !self.new_item_users.contains(&pair) && !store.item_has_user(&b.item_id, &b.user_id)? {
-            stats.distinct_users += 1;
-            self.new_item_users.insert(pair);
-        }
         stats.first_ts = stats.first_ts.min(b.ts);
         stats.last_ts = stats.last_ts.max(b.ts);
+        let pair = codec::item_user_key(&b.item_id, &b.user_id);
+        if !self.new_item_users.contains(&pair) {
+            let known = Key::ItemUser(pair.into_boxed_slice());
+            if self.cache.get(&known).is_none() {
+                let Key::ItemUser(pair) = known else {
+                    unreachable!("built as ItemUser above")
+                };
+                if store.item_user_key_exists(&pair)? {
+                    // Already in the store, so it may go into the cache before this batch commits.
+                    let known = Key::ItemUser(pair);
+                    let bytes = footprint(&known);
+                    self.cache.put(known, Value::Present, bytes);
+                } else {
+                    stats.distinct_users += 1;
+                    self.new_item_users.insert(pair.into_vec());
+                }
+            }
+        }
 
         let (cache, user) = (&mut *self.cache, b.user_id.as_str());
-        let history = list_update(&mut self.histories, cache, store, ListKind::History, user)?;
-        history.append(entry.clone());
+        let entry = HistoryEntry {
+            item_id: b.item_id,
+            action: b.action,
+            ts: b.ts,
+            dwell_ms: b.dwell_ms.min(u32::MAX as u64) as u32,
+            rating: b.rating.map(|r| r as f32),
+        };
         if positive {
             let positives = list_update(
                 &mut self.user_positives,
@@ -184,8 +203,10 @@ impl<'a> Fold<'a> {
                 ListKind::Positives,
                 user,
             )?;
-            positives.append(entry);
+            positives.append(entry.clone());
         }
+        let history = list_update(&mut self.histories, cache, store, ListKind::History, user)?;
+        history.append(entry);
         Ok(())
     }
 
@@ -223,13 +244,17 @@ impl<'a> Fold<'a> {
                 batch.put_embed_pending(&item.item_id, item.version)?;
             }
         }
-        for ((id, stream, partition), stats) in sorted(&self.stats) {
-            batch.put_item_stats(id, stream, *partition, stats)?;
+        for (id, per_source) in sorted_mut(&mut self.stats) {
+            // Key order within an item: its keys end in (stream, partition).
+            per_source.sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+            for (stream, partition, stats) in per_source.iter() {
+                batch.put_item_stats(id, stream, *partition, stats)?;
+            }
         }
         let mut new_item_users: Vec<_> = self.new_item_users.iter().collect();
         new_item_users.sort_unstable();
-        for (item, user) in new_item_users {
-            batch.put_item_user(item, user)?;
+        for pair in new_item_users {
+            batch.put_item_user(pair)?;
         }
         let (store, history_cap, positives_cap) =
             (self.store, self.history_cap, self.positives_cap);
@@ -258,10 +283,17 @@ impl<'a> Fold<'a> {
     /// Hands the batch's lists and counters to the cache for the next batches. Call only once the batch is
     /// committed: the cache must never hold state the store does not.
     pub fn committed(self) {
-        for ((item, stream, partition), stats) in self.stats {
-            let key = Key::Stats(item, stream, partition);
+        for (item, per_source) in self.stats {
+            for (stream, partition, stats) in per_source {
+                let key = Key::Stats(item.clone(), stream, partition);
+                let bytes = footprint(&key);
+                self.cache.put(key, Value::Stats(stats), bytes);
+            }
+        }
+        for pair in self.new_item_users {
+            let key = Key::ItemUser(pair.into_boxed_slice());
             let bytes = footprint(&key);
-            self.cache.put(key, Value::Stats(stats), bytes);
+            self.cache.put(key, Value::Present, bytes);
         }
         let lists = [
             (ListKind::History, self.histories),
@@ -405,12 +437,6 @@ fn list_update<'m>(
             Ok(v.insert(ListUpdate::new(head)))
         }
     }
-}
-
-fn sorted<K: Ord, V>(map: &HashMap<K, V>) -> Vec<(&K, &V)> {
-    let mut entries: Vec<_> = map.iter().collect();
-    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    entries
 }
 
 fn sorted_mut<K: Ord, V>(map: &mut HashMap<K, V>) -> Vec<(&K, &mut V)> {

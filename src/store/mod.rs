@@ -554,8 +554,16 @@ impl Store {
 
     /// Whether `user_id` has any event on `item_id`.
     pub fn item_has_user(&self, item_id: &str, user_id: &str) -> Result<bool> {
+        self.item_user_key_exists(&codec::item_user_key(item_id, user_id))
+    }
+
+    /// [`Store::item_has_user`] by the pair's encoded key ([`codec::item_user_key`]), for callers that keep it.
+    pub fn item_user_key_exists(&self, key: &[u8]) -> Result<bool> {
+        let family = self.cf(cf::ITEM_USERS)?;
         Ok(self
-            .get(cf::ITEM_USERS, &codec::item_user_key(item_id, user_id))?
+            .db
+            .get_pinned_cf(family, key)
+            .map_err(|e| Error::rocks("get from item_users", e))?
             .is_some())
     }
 
@@ -1116,12 +1124,9 @@ impl StateBatch<'_> {
         )
     }
 
-    pub fn put_item_user(&mut self, item_id: &str, user_id: &str) -> Result<()> {
-        self.put(
-            cf::ITEM_USERS,
-            &codec::item_user_key(item_id, user_id),
-            &[codec::VALUE_V1],
-        )
+    /// Records an (item, user) pair by its encoded key ([`codec::item_user_key`]).
+    pub fn put_item_user(&mut self, key: &[u8]) -> Result<()> {
+        self.put(cf::ITEM_USERS, key, &[codec::VALUE_V1])
     }
 
     /// Replaces a user's whole history with `entries` (oldest first). Ingest appends entry by entry instead.
