@@ -2,9 +2,9 @@
 //! backfills read.
 //!
 //! Exactly once, across crashes, without a reader-side dedupe: each event is first written to the store's
-//! `log_pending` family in the same `WriteBatch` as its state and offsets. A roll writes all pending rows to
-//! segment N (one file per topic, `<dir>/<topic>/segment-<N>.parquet`, each written to a temp file, synced and
-//! renamed), then deletes those pending rows and sets the next segment number to N+1 in one batch. A crash
+//! `log_pending` family in the same `WriteBatch` as its state and offsets. A roll writes all pending rows (read
+//! under one snapshot, converted a chunk at a time) to segment N (one file per topic,
+//! `<dir>/<topic>/segment-<N>.parquet`, each written to a temp file, synced and renamed), then deletes those pending rows and sets the next segment number to N+1 in one batch. A crash
 //! before that batch leaves the rows pending, and the next roll writes segment N again from a superset of the
 //! same rows, replacing any file the crashed roll had renamed. So every event lands in exactly one segment.
 //!
@@ -45,7 +45,11 @@ pub struct LogSequence {
 
 impl LogSequence {
     pub fn load(store: &Store) -> Result<LogSequence> {
-        let pending = store.log_pending(usize::MAX)?.len() as u64;
+        let mut pending = 0;
+        store.log_pending_chunks(ROLL_CHUNK_ROWS, |rows| {
+            pending += rows.len() as u64;
+            Ok(())
+        })?;
         Ok(LogSequence {
             next_seq: store.job_u64(NEXT_SEQ_KEY)?.unwrap_or(0),
             pending,
@@ -134,32 +138,48 @@ impl OfflineLog {
     /// batches being committed: it reads the pending rows as of one moment (an implicit snapshot) and deletes
     /// only those. Rolls must not overlap one another (they would both take the same segment number).
     pub fn roll(&self, store: &Store) -> Result<Option<Segment>> {
-        let rows = store.log_pending(usize::MAX)?;
-        let Some(&(last_seq, _)) = rows.last() else {
+        let number = store.job_u64(NEXT_SEGMENT_KEY)?.unwrap_or(0);
+        let mut writers: BTreeMap<String, SegmentFile> = BTreeMap::new();
+        let mut rows_written = 0;
+        let last_seq = store.log_pending_chunks(ROLL_CHUNK_ROWS, |rows| {
+            let mut by_topic: BTreeMap<&str, Vec<&LogRow>> = BTreeMap::new();
+            for (_, row) in rows {
+                by_topic.entry(row.topic.as_str()).or_default().push(row);
+            }
+            for (topic, rows) in by_topic {
+                let batch = segment_batch(InputKind::for_topic(&self.config, topic), &rows)?;
+                let file = match writers.entry(topic.to_string()) {
+                    std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        let dir = self.dir.join(topic);
+                        let path = dir.join(format!("segment-{number:010}.parquet"));
+                        v.insert(SegmentFile::create(dir, path)?)
+                    }
+                };
+                file.write(&batch)?;
+            }
+            rows_written += rows.len();
+            Ok(())
+        })?;
+        let Some(last_seq) = last_seq else {
             return Ok(None);
         };
-        let number = store.job_u64(NEXT_SEGMENT_KEY)?.unwrap_or(0);
-        let mut by_topic: BTreeMap<&str, Vec<&LogRow>> = BTreeMap::new();
-        for (_, row) in &rows {
-            by_topic.entry(row.topic.as_str()).or_default().push(row);
-        }
-        let mut files = Vec::new();
-        for (topic, rows) in by_topic {
-            let kind = InputKind::for_topic(&self.config, topic);
-            let batch = segment_batch(kind, &rows)?;
-            let dir = self.dir.join(topic);
-            let path = dir.join(format!("segment-{number:010}.parquet"));
-            write_atomically(&dir, &path, &batch)?;
-            files.push(path);
-        }
+        let files = writers
+            .into_values()
+            .map(SegmentFile::finish)
+            .collect::<Result<Vec<_>>>()?;
         store.finish_log_segment(last_seq, number + 1, NEXT_SEGMENT_KEY)?;
         Ok(Some(Segment {
             number,
-            rows: rows.len(),
+            rows: rows_written,
             files,
         }))
     }
 }
+
+/// Pending rows a roll reads, converts and writes at a time: its memory stays at a chunk's rows and arrays (plus
+/// the Parquet writer's compressed pages) however many rows the segment gets.
+const ROLL_CHUNK_ROWS: usize = 16_384;
 
 /// Columns of a segment: the position and original bytes of every event, then typed fields by contract.
 /// Typed fields (nullable; only the event's own contract fills them):
@@ -287,29 +307,57 @@ fn segment_batch(kind: Option<InputKind>, rows: &[&LogRow]) -> Result<RecordBatc
         .map_err(|e| Error::columnar("building log segment", e))
 }
 
-/// Temp file, fsync, rename over the final name, fsync the directory: a reader sees the whole file or none.
-fn write_atomically(dir: &Path, path: &Path, batch: &RecordBatch) -> Result<()> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-    let tmp = path.with_extension("parquet.tmp");
-    let ctx = || format!("writing log segment {}", tmp.display());
-    let file = File::create(&tmp).map_err(|e| Error::io(ctx(), e))?;
-    let handle = file.try_clone().map_err(|e| Error::io(ctx(), e))?;
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .build();
-    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props))
-        .map_err(|e| Error::columnar(ctx(), e))?;
-    writer.write(batch).map_err(|e| Error::columnar(ctx(), e))?;
-    writer.close().map_err(|e| Error::columnar(ctx(), e))?;
-    handle.sync_all().map_err(|e| Error::io(ctx(), e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        Error::io(
-            format!("renaming {} to {}", tmp.display(), path.display()),
-            e,
-        )
-    })?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(format!("syncing {}", dir.display()), e))
+/// One topic's segment while a roll writes it: a temp file, then (on finish) fsync, rename over the final name
+/// and fsync of the directory, so a reader sees the whole file or none.
+struct SegmentFile {
+    dir: PathBuf,
+    tmp: PathBuf,
+    path: PathBuf,
+    handle: File,
+    writer: ArrowWriter<File>,
+}
+
+impl SegmentFile {
+    fn create(dir: PathBuf, path: PathBuf) -> Result<SegmentFile> {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let tmp = path.with_extension("parquet.tmp");
+        let ctx = || format!("writing log segment {}", tmp.display());
+        let file = File::create(&tmp).map_err(|e| Error::io(ctx(), e))?;
+        let handle = file.try_clone().map_err(|e| Error::io(ctx(), e))?;
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .build();
+        let writer = ArrowWriter::try_new(file, segment_schema(), Some(props))
+            .map_err(|e| Error::columnar(ctx(), e))?;
+        Ok(SegmentFile {
+            dir,
+            tmp,
+            path,
+            handle,
+            writer,
+        })
+    }
+
+    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.writer
+            .write(batch)
+            .map_err(|e| Error::columnar(format!("writing log segment {}", self.tmp.display()), e))
+    }
+
+    fn finish(self) -> Result<PathBuf> {
+        let ctx = || format!("writing log segment {}", self.tmp.display());
+        self.writer.close().map_err(|e| Error::columnar(ctx(), e))?;
+        self.handle.sync_all().map_err(|e| Error::io(ctx(), e))?;
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| {
+            Error::io(
+                format!("renaming {} to {}", self.tmp.display(), self.path.display()),
+                e,
+            )
+        })?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io(format!("syncing {}", self.dir.display()), e))?;
+        Ok(self.path)
+    }
 }

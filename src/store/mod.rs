@@ -881,18 +881,33 @@ impl Store {
             .transpose()
     }
 
-    /// Up to `limit` rows waiting for the next offline-log segment, oldest first.
-    pub fn log_pending(&self, limit: usize) -> Result<Vec<(u64, LogRow)>> {
-        let mut out = Vec::new();
+    /// The rows waiting for the next offline-log segment, oldest first, handed to `f` `chunk` rows at a time (so
+    /// that a roll of many rows never holds them all), every chunk read as of the same moment (one iterator, one
+    /// implicit snapshot). Returns the last row's sequence number, or None when nothing was pending.
+    pub fn log_pending_chunks(
+        &self,
+        chunk: usize,
+        mut f: impl FnMut(&[(u64, LogRow)]) -> Result<()>,
+    ) -> Result<Option<u64>> {
+        let mut rows = Vec::with_capacity(chunk.max(1));
+        let mut last = None;
         for entry in self
             .db
             .iterator_cf(self.cf(cf::LOG_PENDING)?, IteratorMode::Start)
-            .take(limit)
         {
             let (k, v) = entry.map_err(|e| Error::rocks("scanning log_pending", e))?;
-            out.push((codec::decode_seq_key(&k)?, codec::decode_log_row(&v)?));
+            let seq = codec::decode_seq_key(&k)?;
+            rows.push((seq, codec::decode_log_row(&v)?));
+            last = Some(seq);
+            if rows.len() >= chunk.max(1) {
+                f(&rows)?;
+                rows.clear();
+            }
         }
-        Ok(out)
+        if !rows.is_empty() {
+            f(&rows)?;
+        }
+        Ok(last)
     }
 
     /// After a segment is durably written: drops its pending rows (sequence numbers up to `last_seq`) and
