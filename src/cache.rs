@@ -66,9 +66,30 @@ impl<K: Hash + Eq, V> GenerationalCache<K, V> {
         self.insert_young(key, value, size_of::<(K, V, usize)>() + 16 + bytes);
     }
 
+    /// Like [`GenerationalCache::put`], for a key that is likely in the young generation already (it was just
+    /// read with `get`): the value is overwritten where it lies, one lookup instead of two removes and an insert.
+    pub fn replace(&mut self, key: K, value: V, bytes: usize) {
+        if self.half_budget == 0 {
+            return;
+        }
+        let bytes = size_of::<(K, V, usize)>() + 16 + bytes;
+        if let Some(slot) = self.young.get_mut(&key) {
+            self.young_bytes = self.young_bytes.saturating_sub(slot.1) + bytes;
+            *slot = (value, bytes);
+            self.rotate_when_full();
+            return;
+        }
+        self.old.remove(&key);
+        self.insert_young(key, value, bytes);
+    }
+
     fn insert_young(&mut self, key: K, value: V, bytes: usize) {
         self.young_bytes += bytes;
         self.young.insert(key, (value, bytes));
+        self.rotate_when_full();
+    }
+
+    fn rotate_when_full(&mut self) {
         if self.young_bytes >= self.half_budget {
             self.old = std::mem::take(&mut self.young);
             self.young_bytes = 0;
@@ -124,6 +145,29 @@ mod tests {
         // The put above filled the young half, so it rotated into the old map; get moves it back (rotating again).
         assert_eq!(c.get(&1), Some(10));
         assert_eq!(c.get(&1), Some(10));
+    }
+
+    #[test]
+    fn replace_overwrites_in_either_generation_and_counts_bytes_once() {
+        let entry = size_of::<(u32, u32, usize)>() + 16;
+        let mut c = GenerationalCache::new(entry * 10);
+        c.put(1u32, 10u32, 0);
+        c.replace(1, 11, 0);
+        assert_eq!(c.len(), 1);
+        assert_eq!(
+            c.young_bytes, entry,
+            "an overwrite does not add the entry's bytes again"
+        );
+        for k in 2..6 {
+            c.put(k, 0, 0);
+        }
+        // Five entries filled the young half: 1 is in the old generation now.
+        assert!(c.young.is_empty() && c.old.contains_key(&1));
+        c.replace(1, 12, 0);
+        assert_eq!(c.len(), 5, "moved to the young generation, not copied");
+        assert_eq!(c.get(&1), Some(12));
+        assert_eq!(c.take(&1), Some(12));
+        assert_eq!(c.take(&1), None);
     }
 
     #[test]

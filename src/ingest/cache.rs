@@ -2,9 +2,9 @@
 //! pairs already in the store, which almost every event reads back. Without it each batch fetches and decodes them from RocksDB again (memtable skiplist walks, then block
 //! lookups), which was most of the replay time in a profile.
 //!
-//! Entries move out of the cache into a batch's overlay while the batch is built and come back only after the
-//! batch committed, so the cache never holds state the store does not: a failed batch just leaves them to be
-//! read from the store again. (An (item, user) pair read from the store goes in at once: it is committed.) The ingest fold is the only writer of these families, so nothing else can make an
+//! A batch copies entries from the cache into its overlay and writes its changes back only after it committed,
+//! so the cache never holds state the store does not: a failed batch leaves the committed values in place.
+//! (An (item, user) pair read from the store goes in at once: it is committed.) The ingest fold is the only writer of these families, so nothing else can make an
 //! entry stale.
 
 use crate::store::{ItemStats, ListHead};

@@ -147,7 +147,7 @@ impl<'a> Fold<'a> {
             Some(at) => &mut stats[at].2,
             None => {
                 let key = Key::Stats(b.item_id.clone(), stream.to_string(), partition);
-                let stored = match self.cache.take(&key) {
+                let stored = match self.cache.get(&key) {
                     Some(Value::Stats(s)) => s,
                     _ => store
                         .item_stats_partial(&b.item_id, stream, partition)?
@@ -287,7 +287,7 @@ impl<'a> Fold<'a> {
             for (stream, partition, stats) in per_source {
                 let key = Key::Stats(item.clone(), stream, partition);
                 let bytes = footprint(&key);
-                self.cache.put(key, Value::Stats(stats), bytes);
+                self.cache.replace(key, Value::Stats(stats), bytes);
             }
         }
         for pair in self.new_item_users {
@@ -304,7 +304,7 @@ impl<'a> Fold<'a> {
                 if let Some(head) = list.written {
                     let key = kind.cache_key(user);
                     let bytes = footprint(&key);
-                    self.cache.put(key, Value::Head(head), bytes);
+                    self.cache.replace(key, Value::Head(head), bytes);
                 }
             }
         }
@@ -430,7 +430,7 @@ fn list_update<'m>(
     match lists.entry(user.to_string()) {
         Entry::Occupied(o) => Ok(o.into_mut()),
         Entry::Vacant(v) => {
-            let head = match cache.take(&kind.cache_key(user.to_string())) {
+            let head = match cache.get(&kind.cache_key(user.to_string())) {
                 Some(Value::Head(head)) => Some(head),
                 _ => store.list_head(kind.family(), user)?,
             };
