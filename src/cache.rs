@@ -30,15 +30,6 @@ impl<K: Hash + Eq, V> GenerationalCache<K, V> {
         }
     }
 
-    /// Removes the entry and hands it over (the caller puts it back when it is still valid).
-    pub fn take(&mut self, key: &K) -> Option<V> {
-        if let Some((v, bytes)) = self.young.remove(key) {
-            self.young_bytes = self.young_bytes.saturating_sub(bytes);
-            return Some(v);
-        }
-        self.old.remove(key).map(|(v, _)| v)
-    }
-
     /// A copy of the entry, counted as a use: an entry of the old generation moves to the young one.
     pub fn get<Q>(&mut self, key: &Q) -> Option<V>
     where
@@ -110,14 +101,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn take_moves_the_entry_out() {
-        let mut c = GenerationalCache::new(1 << 20);
-        c.put("k", 3, 0);
-        assert_eq!(c.take(&"k"), Some(3));
-        assert_eq!(c.take(&"k"), None, "taken entries are gone until put back");
-    }
-
-    #[test]
     fn stays_within_budget_and_keeps_recently_used_entries() {
         let entry = size_of::<(String, u64, usize)>() + 16 + 6;
         let mut c = GenerationalCache::new(entry * 100);
@@ -130,12 +113,8 @@ mod tests {
             }
             assert!(c.len() <= 101, "{} entries", c.len());
         }
-        assert_eq!(c.take(&"hot000".to_string()), Some(1));
-        assert_eq!(
-            c.take(&"i00000".to_string()),
-            None,
-            "cold entries are dropped"
-        );
+        assert_eq!(c.get("hot000"), Some(1));
+        assert_eq!(c.get("i00000"), None, "cold entries are dropped");
     }
 
     #[test]
@@ -166,15 +145,14 @@ mod tests {
         c.replace(1, 12, 0);
         assert_eq!(c.len(), 5, "moved to the young generation, not copied");
         assert_eq!(c.get(&1), Some(12));
-        assert_eq!(c.take(&1), Some(12));
-        assert_eq!(c.take(&1), None);
+        assert!(c.young.contains_key(&1) && !c.old.contains_key(&1));
     }
 
     #[test]
     fn zero_budget_caches_nothing() {
         let mut c = GenerationalCache::new(0);
         c.put("k", 1, 0);
-        assert_eq!(c.take(&"k"), None);
+        assert_eq!(c.get(&"k"), None);
         assert!(c.is_empty());
     }
 }
