@@ -28,7 +28,7 @@ use parquet::file::properties::WriterProperties;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::schema::{Behaviour, IdEmbedding, InputKind, Item};
-use crate::store::{LogRow, Store};
+use crate::store::{LogRow, Store, cf};
 
 /// `job_state` counters of the log.
 pub const NEXT_SEQ_KEY: &str = "offline_log.next_seq";
@@ -45,11 +45,7 @@ pub struct LogSequence {
 
 impl LogSequence {
     pub fn load(store: &Store) -> Result<LogSequence> {
-        let mut pending = 0;
-        store.log_pending_chunks(ROLL_CHUNK_ROWS, |rows| {
-            pending += rows.len() as u64;
-            Ok(())
-        })?;
+        let pending = store.key_count(cf::LOG_PENDING)?;
         Ok(LogSequence {
             next_seq: store.job_u64(NEXT_SEQ_KEY)?.unwrap_or(0),
             pending,
