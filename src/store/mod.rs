@@ -142,22 +142,22 @@ fn cf_options(name: &str, cache: &rocksdb::Cache) -> Options {
     // family's skiplist; in RocksDB's default 64 MiB memtable every insert walks nodes that are no longer in
     // the CPU cache (the splice search was a quarter of replay time), while the active memtables of all
     // families together at 4 MiB each stay within L3. Merging 4 of them per flush keeps table files (and so
-    // the compaction shape) as with one 16 MiB memtable. Replay measured ~+40% over the default (BENCHMARKS.md).
-    opts.set_write_buffer_size(MEMTABLE_BYTES);
-    opts.set_min_write_buffer_number_to_merge(MEMTABLES_PER_FLUSH);
-    // Room for the active memtable and one more while a flush of MEMTABLES_PER_FLUSH runs, so that writes do
-    // not stall behind it.
-    opts.set_max_write_buffer_number(MEMTABLES_PER_FLUSH + 3);
-    if name == cf::LOG_PENDING {
-        // Offline-log rows are appended in sequence order, so inserts stay at the skiplist's end (no cache-miss
-        // walks) and a large memtable costs nothing per insert. In a large one, more rows are still in memory
-        // when the roll's range delete covers them, and the flush drops them instead of writing them to table
-        // files that compaction then rewrites only to delete. Measured: log-on replay ~+10% events per
-        // CPU-second over 4 MiB memtables here (BENCHMARKS.md).
-        opts.set_write_buffer_size(LOG_MEMTABLE_BYTES);
-        opts.set_min_write_buffer_number_to_merge(1);
-        opts.set_max_write_buffer_number(3);
-    }
+    // the compaction shape) as with one 16 MiB memtable; room for 3 more lets writes go on while a flush
+    // runs. Replay measured ~+40% over the default (BENCHMARKS.md).
+    //
+    // `log_pending` is the exception: offline-log rows are appended in sequence order, so inserts stay at the
+    // skiplist's end (no cache-miss walks) and a large memtable costs nothing per insert. In a large one, more
+    // rows are still in memory when the roll's range delete covers them, and the flush drops them instead of
+    // writing them to table files that compaction then rewrites only to delete. Measured: log-on replay ~+10%
+    // events per CPU-second over 4 MiB memtables here (BENCHMARKS.md).
+    let (memtable_bytes, per_flush, most) = if name == cf::LOG_PENDING {
+        (LOG_MEMTABLE_BYTES, 1, 3)
+    } else {
+        (MEMTABLE_BYTES, MEMTABLES_PER_FLUSH, MEMTABLES_PER_FLUSH + 3)
+    };
+    opts.set_write_buffer_size(memtable_bytes);
+    opts.set_min_write_buffer_number_to_merge(per_flush);
+    opts.set_max_write_buffer_number(most);
     opts
 }
 
@@ -564,12 +564,8 @@ impl Store {
         .transpose()
     }
 
-    /// Whether `user_id` has any event on `item_id`.
-    pub fn item_has_user(&self, item_id: &str, user_id: &str) -> Result<bool> {
-        self.item_user_key_exists(&codec::item_user_key(item_id, user_id))
-    }
-
-    /// [`Store::item_has_user`] by the pair's encoded key ([`codec::item_user_key`]), for callers that keep it.
+    /// Whether an (item, user) pair is stored, i.e. the user has an event on the item, by the pair's encoded key
+    /// ([`codec::item_user_key`]).
     pub fn item_user_key_exists(&self, key: &[u8]) -> Result<bool> {
         let family = self.cf(cf::ITEM_USERS)?;
         Ok(self
