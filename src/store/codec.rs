@@ -88,7 +88,14 @@ pub fn decode_offset(value: &[u8]) -> Result<i64> {
 
 /// `01 · id · 00 · second`: the shape of every key scoped under one id.
 fn id_pair_key(id: &str, second: &str) -> Vec<u8> {
-    let mut k = id_key(id);
+    id_pair_key_with_room(id, second, 0)
+}
+
+/// [`id_pair_key`] with `extra` more bytes of capacity for what the caller appends (no regrowth on the hot path).
+fn id_pair_key_with_room(id: &str, second: &str, extra: usize) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + id.len() + second.len() + extra);
+    k.push(KEY_V1);
+    k.extend_from_slice(id.as_bytes());
     k.push(0);
     k.extend_from_slice(second.as_bytes());
     k
@@ -127,7 +134,7 @@ pub fn id_scope_prefix(item_id: &str) -> Vec<u8> {
 /// Item counters are kept as one partial per source partition (summed on read), so that a partition's share can
 /// later move between workers without touching the others.
 pub fn item_stats_key(item_id: &str, stream: &str, partition: i32) -> Vec<u8> {
-    let mut k = id_pair_key(item_id, stream);
+    let mut k = id_pair_key_with_room(item_id, stream, 5);
     k.push(0);
     k.extend_from_slice(&partition.to_be_bytes());
     k
