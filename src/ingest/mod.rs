@@ -258,8 +258,13 @@ impl Ingestor {
             records: records.len(),
             ..Default::default()
         };
-        let mut fold =
-            state::Fold::new(&self.store, &mut self.cache, &self.config, &self.positives);
+        let mut fold = state::Fold::new(
+            &self.store,
+            &mut self.cache,
+            &self.config,
+            &self.positives,
+            records.len(),
+        );
         let mut dead = Vec::new();
         // (stream, partition, next offset) of every partition in the batch: a handful, so a list beats a map
         // whose key would be cloned per record.
