@@ -19,7 +19,7 @@ use crate::store::{ItemStats, ListHead};
 /// cache. Entries are found by this fingerprint alone, not by the ids: a key made of strings meant building owned
 /// strings for every lookup and, on every probe, following a pointer to them in memory that had long left the
 /// CPU caches (a fifth of file replay in a profile). Two of n entries share a fingerprint with probability about
-/// n²/2^129 (below 10^-25 for 10^7 entries), and since the hash key is secret, chosen ids cannot aim at a
+/// n²/2^129 (about 10^-25 for 10^7 entries), and since the hash key is secret, chosen ids cannot aim at a
 /// collision either.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) struct Key(u128);

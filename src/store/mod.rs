@@ -113,9 +113,9 @@ fn db_options() -> Options {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
-    // L0 files are flushed memtables that compaction soon reads back and rewrites: compressing them only costs
-    // CPU twice (LZ4 was a fifth of every flush in a replay profile). Deeper levels hold the data that
-    // stays: LZ4, and Zstd at the bottom, where most of it ends up.
+    // L0 files are flushed memtables that compaction soon reads back and rewrites: compressed, they would cost
+    // CPU at flush and again at compaction (LZ4 was a fifth of every flush in a replay profile). Deeper levels
+    // hold the data that stays: LZ4, and Zstd at the bottom, where most of it ends up.
     opts.set_compression_per_level(&[
         rocksdb::DBCompressionType::None,
         rocksdb::DBCompressionType::Lz4,
