@@ -147,9 +147,10 @@ fn cf_options(name: &str, cache: &rocksdb::Cache) -> Options {
     // Small memtables, flushed several at a time. Ingest inserts ~5 keys per event at random places in each
     // family's skiplist; in RocksDB's default 64 MiB memtable every insert walks nodes that are no longer in
     // the CPU cache (the splice search was a quarter of replay time), while the active memtables of all
-    // families together at 4 MiB each stay within L3. Merging 4 of them per flush keeps table files (and so
+    // families together at 2 MiB each stay within L3. Merging 8 of them per flush keeps table files (and so
     // the compaction shape) as with one 16 MiB memtable; room for 3 more lets writes go on while a flush
-    // runs. Replay measured ~+40% over the default (BENCHMARKS.md).
+    // runs. Replay measured ~+40% over the default with 4 MiB, and 2 MiB another +6% once the state cache
+    // had shrunk (8 MiB: -15%; BENCHMARKS.md).
     //
     // `log_pending` is the exception: offline-log rows are appended in sequence order, so inserts stay at the
     // skiplist's end (no cache-miss walks) and a large memtable costs nothing per insert. In a large one, more
@@ -169,8 +170,8 @@ fn cf_options(name: &str, cache: &rocksdb::Cache) -> Options {
 
 const LOG_MEMTABLE_BYTES: usize = 64 << 20;
 
-const MEMTABLE_BYTES: usize = 4 << 20;
-const MEMTABLES_PER_FLUSH: i32 = 4;
+const MEMTABLE_BYTES: usize = 2 << 20;
+const MEMTABLES_PER_FLUSH: i32 = 8;
 
 /// Every family with its options, for any open mode: readers need the same table options as the writer (the
 /// bloom filter policy, or the filters written into the files go unused).
