@@ -4,9 +4,10 @@
 //! Exactly once, across crashes, without a reader-side dedupe: each event is first written to the store's
 //! `log_pending` family in the same `WriteBatch` as its state and offsets. A roll writes all pending rows (read
 //! under one snapshot, converted a chunk at a time) to segment N (one file per topic,
-//! `<dir>/<topic>/segment-<N>.parquet`, each written to a temp file, synced and renamed), then deletes those pending rows and sets the next segment number to N+1 in one batch. A crash
-//! before that batch leaves the rows pending, and the next roll writes segment N again from a superset of the
-//! same rows, replacing any file the crashed roll had renamed. So every event lands in exactly one segment.
+//! `<dir>/<topic>/segment-<N>.parquet`, each written to a temp file, synced and renamed), then deletes those
+//! pending rows and sets the next segment number to N+1 in one batch. A crash before that batch leaves the rows
+//! pending, and the next roll writes segment N again from a superset of the same rows, replacing any file the
+//! crashed roll had renamed. So every event lands in exactly one segment.
 //!
 //! Besides the original bytes (`payload`, so a segment replays like any event-log Parquet file) each segment has
 //! typed columns for the jobs: see [`segment_schema`].
