@@ -3,11 +3,13 @@
 
 use foldhash::HashMap;
 
-use super::cache::{Key, StateCache, UserHeads};
+use super::cache::{Key, StateCache, UserLists};
 use crate::config::{Config, PositivesConfig};
 use crate::error::Result;
 use crate::schema::{Action, Behaviour, Event, IdEmbedding, Item};
-use crate::store::{HistoryEntry, ItemStats, ListHead, ListPosition, StateBatch, Store, cf, codec};
+use crate::store::{
+    HistoryEntry, ItemStats, ListPosition, ListState, StateBatch, Store, cf, codec,
+};
 
 /// The one definition of a positive interaction, shared by the stream and (later) the batch jobs.
 #[derive(Debug, Clone)]
@@ -291,11 +293,11 @@ impl<'a> Fold<'a> {
             self.cache.add_pair(pair);
         }
         for lists in self.users.into_values() {
-            let heads = UserHeads {
-                history: lists.history.committed_head(),
-                positives: lists.positives.committed_head(),
+            let committed = UserLists {
+                history: lists.history.committed_state(),
+                positives: lists.positives.committed_state(),
             };
-            self.cache.set_user(lists.cache_key, heads);
+            self.cache.set_user(lists.cache_key, committed);
         }
     }
 }
@@ -321,15 +323,15 @@ struct UserUpdate {
 /// when the list is over its cap, so the list is the newest `cap` events in (time, arrival) order.
 struct ListUpdate {
     /// As stored before this batch (all zero for a new user).
-    stored: ListHead,
+    stored: ListState,
     next_seq: u64,
     appended: Vec<(ListPosition, HistoryEntry)>,
-    /// The head this batch wrote, for the cache once the batch is committed.
-    written: Option<ListHead>,
+    /// The state after this batch's writes, for the cache once the batch is committed.
+    written: Option<ListState>,
 }
 
 impl ListUpdate {
-    fn new(stored: ListHead) -> ListUpdate {
+    fn new(stored: ListState) -> ListUpdate {
         ListUpdate {
             stored,
             next_seq: stored.next_seq,
@@ -342,8 +344,8 @@ impl ListUpdate {
         !self.appended.is_empty()
     }
 
-    /// The head as of this batch's commit: the one it wrote, or else the one it found.
-    fn committed_head(&self) -> ListHead {
+    /// The state as of this batch's commit: what it wrote, or else what it found.
+    fn committed_state(&self) -> ListState {
         self.written.unwrap_or(self.stored)
     }
 
@@ -367,7 +369,8 @@ impl ListUpdate {
         // The oldest `excess` of stored and new entries go. Events mostly arrive in time order, so these are
         // mostly stored ones; one more stored position says which entry is the oldest afterwards.
         let stored_front = if excess > 0 {
-            store.list_oldest(family, user, &self.stored, (excess + 1).min(stored_count))?
+            let n = (excess + 1).min(stored_count);
+            store.list_oldest(family, user, self.stored.oldest, n)?
         } else {
             Vec::new()
         };
@@ -390,25 +393,28 @@ impl ListUpdate {
             (Some(s), Some(n)) => s.min(n),
             (s, n) => s.or(n).unwrap_or_default(),
         };
-        let head = ListHead {
+        let state = ListState {
             count: (total - from_stored - from_new) as u32,
             next_seq: self.next_seq,
             oldest,
         };
         // In key order (head, then the dropped oldest entries, then the new ones), like every family's writes.
-        batch.put_list_head(family, user, &head)?;
+        // The head holds only the oldest position: appends in time order leave it as it was.
+        if stored_count == 0 || oldest != self.stored.oldest {
+            batch.put_list_head(family, user, oldest)?;
+        }
         for old in &stored_front[..from_stored] {
             batch.delete_list_entry(family, user, *old)?;
         }
         for (at, entry) in &self.appended[from_new..] {
             batch.put_list_entry(family, user, *at, entry)?;
         }
-        self.written = Some(head);
+        self.written = Some(state);
         Ok(())
     }
 }
 
-/// The batch's update of `user`'s lists, started from the heads in the cache, or else in the store, the first
+/// The batch's update of `user`'s lists, started from their state in the cache, or else in the store, the first
 /// time the batch touches the user.
 fn user_update<'m>(
     users: &'m mut HashMap<String, UserUpdate>,
@@ -421,21 +427,17 @@ fn user_update<'m>(
         return Ok(users.get_mut(user).expect("checked above"));
     }
     let cache_key = cache.user_key(user);
-    let heads = match cache.user(cache_key) {
-        Some(heads) => heads,
-        None => UserHeads {
-            history: store
-                .list_head(cf::USER_HISTORIES, user)?
-                .unwrap_or_default(),
-            positives: store
-                .list_head(cf::USER_POSITIVES, user)?
-                .unwrap_or_default(),
+    let lists = match cache.user(cache_key) {
+        Some(lists) => lists,
+        None => UserLists {
+            history: store.list_state(cf::USER_HISTORIES, user)?,
+            positives: store.list_state(cf::USER_POSITIVES, user)?,
         },
     };
     Ok(users.entry(user.to_string()).or_insert(UserUpdate {
         cache_key,
-        history: ListUpdate::new(heads.history),
-        positives: ListUpdate::new(heads.positives),
+        history: ListUpdate::new(lists.history),
+        positives: ListUpdate::new(lists.positives),
     }))
 }
 
