@@ -1,7 +1,7 @@
-//! Decoded state kept between batches: the state of per-user lists (counting a list means walking it), the per-item counters and the (item, user)
-//! pairs already in the store, which almost every event reads back. Without it each batch fetches and decodes
-//! them from RocksDB again (memtable skiplist walks, then block lookups), which was most of the replay time in a
-//! profile.
+//! Decoded state kept between batches: each user list's size, numbering and oldest entry (counting a list means
+//! walking it), the per-item counters and the (item, user) pairs already in the store, which almost every event
+//! reads back. Without it each batch fetches and decodes them from RocksDB again (memtable skiplist walks, then
+//! block lookups), which was most of the replay time in a profile.
 //!
 //! A batch copies entries from the cache into its overlay and writes its changes back only after it committed,
 //! so the cache never holds state the store does not: a failed batch leaves the committed values in place.

@@ -160,13 +160,13 @@ fn cf_options(name: &str, cache: &rocksdb::Cache) -> Options {
     // the skiplist (cache misses all the way: 40% of replay time in a profile before this was set).
     opts.set_memtable_prefix_bloom_ratio(0.02);
     opts.set_memtable_whole_key_filtering(true);
-    // Small memtables, flushed several at a time. Ingest inserts ~5 keys per event at random places in each
-    // family's skiplist; in RocksDB's default 64 MiB memtable every insert walks nodes that are no longer in
-    // the CPU cache (the splice search was a quarter of replay time), while the active memtables of all
-    // families together at 2 MiB each stay within L3. Merging 8 of them per flush keeps table files (and so
-    // the compaction shape) as with one 16 MiB memtable; room for 3 more lets writes go on while a flush
-    // runs. Replay measured ~+40% over the default with 4 MiB, and 2 MiB another +6% once the state cache
-    // had shrunk (8 MiB: -15%; BENCHMARKS.md).
+    // Small memtables, flushed several at a time. Ingest inserts a few keys per event (~3 in the replay benchmark)
+    // at random places in each family's skiplist; in RocksDB's default 64 MiB memtable every insert walks nodes that
+    // are no longer in the CPU cache (the splice search was a quarter of replay time), while the active memtables of
+    // all families together at 2 MiB each stay within L3. Merging 8 of them per flush keeps table files (and so the
+    // compaction shape) as with one 16 MiB memtable; room for 3 more lets writes go on while a flush runs. Replay
+    // measured ~+40% over the default with 4 MiB, and 2 MiB another +6% once the state cache had shrunk (8 MiB:
+    // -15%; BENCHMARKS.md).
     //
     // `log_pending` is the exception: offline-log rows are appended in sequence order, so inserts stay at the
     // skiplist's end (no cache-miss walks) and a large memtable costs nothing per insert. In a large one, more
