@@ -8,6 +8,8 @@
 //!
 //! Run: `cargo bench --bench ingest` (release build; needs scripts/setup.sh for the broker).
 //! Sizes: BENCH_KAFKA_EVENTS (default 300000), BENCH_FILE_EVENTS (default 1000000), BENCH_USERS (default 20000).
+//! BENCH_STATE_CACHE_MB sets `ingest.state_cache_mb` (default: the configured default); 0 makes every batch read
+//! its users' lists, item counters and pairs from RocksDB, as a worker does for state it has not seen recently.
 
 #[path = "../integration/harness/mod.rs"]
 mod harness;
@@ -73,6 +75,7 @@ fn bench_config(dir: &std::path::Path, log: bool) -> Config {
     c.offline_log.path = dir.join("log");
     c.ingest.batch_size = 5_000;
     c.ingest.linger_ms = 20;
+    c.ingest.state_cache_mb = env_usize("BENCH_STATE_CACHE_MB", c.ingest.state_cache_mb);
     c
 }
 

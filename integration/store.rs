@@ -251,52 +251,6 @@ fn a_format_2_store_gets_item_stamps_from_a_writer() {
     assert_eq!(stamps(&reader)[0], seen.last().copied());
 }
 
-/// A format-3 store (list heads that also count the entries) reads the same after a writer's upgrade, and a
-/// writer picks up each list's size and numbering from the entries.
-#[test]
-fn a_format_3_store_keeps_its_lists() {
-    let dir = tempfile::tempdir().unwrap();
-    let entry = |id: &str, ts: i64| HistoryEntry {
-        item_id: id.into(),
-        action: Action::Like,
-        ts,
-        dwell_ms: 0,
-        rating: None,
-    };
-    let history = vec![entry("a", 20), entry("b", 10), entry("c", 20)];
-    {
-        let store = Store::open(dir.path()).unwrap();
-        store
-            .write_format3_list(cf::USER_HISTORIES, "u1", &history)
-            .unwrap();
-        store.force_format_version(3).unwrap();
-    }
-    let err = Store::open_read_only(dir.path()).unwrap_err();
-    assert!(
-        matches!(err, Error::StoreFormatTooOld { found: 3, .. }),
-        "{err:?}"
-    );
-    let store = Store::open(dir.path()).unwrap();
-    // (time, arrival) order: b is oldest, a and c tie at 20 and keep their order.
-    let ids: Vec<_> = store
-        .user_history("u1")
-        .unwrap()
-        .into_iter()
-        .map(|e| e.item_id)
-        .collect();
-    assert_eq!(ids, ["b", "a", "c"]);
-    let state = store.list_state(cf::USER_HISTORIES, "u1").unwrap();
-    assert_eq!((state.count, state.next_seq, state.oldest), (3, 3, (10, 1)));
-    assert_eq!(
-        store.list_state(cf::USER_POSITIVES, "u1").unwrap(),
-        Default::default(),
-        "no list"
-    );
-    drop(store);
-    let reader = Store::open_read_only(dir.path()).unwrap();
-    assert_eq!(reader.user_history("u1").unwrap().len(), 3);
-}
-
 /// A reader that opens a store while its writer is still creating the families (current format, one missing)
 /// gets a clear error at open, not a failure on a later read.
 #[test]

@@ -1,7 +1,7 @@
-//! Decoded state kept between batches: each user list's size, numbering and oldest entry (counting a list means
-//! walking it), the per-item counters and the (item, user) pairs already in the store, which almost every event
-//! reads back. Without it each batch fetches and decodes them from RocksDB again (memtable skiplist walks, then
-//! block lookups), which was most of the replay time in a profile.
+//! Decoded state kept between batches: the heads of per-user lists, the per-item counters and the (item, user)
+//! pairs already in the store, which almost every event reads back. Without it each batch fetches and decodes
+//! them from RocksDB again (memtable skiplist walks, then block lookups), which was most of the replay time in a
+//! profile.
 //!
 //! A batch copies entries from the cache into its overlay and writes its changes back only after it committed,
 //! so the cache never holds state the store does not: a failed batch leaves the committed values in place.
@@ -13,7 +13,7 @@ use std::hash::{BuildHasher, Hasher};
 use siphasher::sip128::{Hasher128, SipHasher13};
 
 use crate::cache::GenerationalCache;
-use crate::store::{ItemStats, ListState};
+use crate::store::{ItemStats, ListHead};
 
 /// What a cache entry is about, as a 128-bit SipHash-1-3 of its kind and ids under a key drawn at random for each
 /// cache. Entries are found by this fingerprint alone, not by the ids: a key made of strings meant building owned
@@ -24,18 +24,18 @@ use crate::store::{ItemStats, ListState};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) struct Key(u128);
 
-/// The state of one user's two lists, as committed (a list the user does not have is all zero).
+/// The heads of one user's two lists, as committed (a list the user does not have is all zero).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub(super) struct UserLists {
-    pub history: ListState,
-    pub positives: ListState,
+pub(super) struct UserHeads {
+    pub history: ListHead,
+    pub positives: ListHead,
 }
 
 /// The fold's cache, one map per kind of entry so that each slot is only as large as its value (a pair is just
 /// its fingerprint): fewer bytes per entry keep more of them in the CPU caches. Each map gets a third of the
 /// budget; see [`GenerationalCache`] for how a map stays within its share.
 pub(super) struct StateCache {
-    users: GenerationalCache<Key, UserLists>,
+    users: GenerationalCache<Key, UserHeads>,
     stats: GenerationalCache<Key, ItemStats>,
     /// (item, user) pairs the store holds: the user is already counted among the item's distinct users.
     pairs: GenerationalCache<Key, ()>,
@@ -97,12 +97,12 @@ impl StateCache {
     }
 
     /// Reads count as uses (see [`GenerationalCache::get`]); writes of entries just read overwrite them in place.
-    pub fn user(&mut self, key: Key) -> Option<UserLists> {
+    pub fn user(&mut self, key: Key) -> Option<UserHeads> {
         self.users.get(&key)
     }
 
-    pub fn set_user(&mut self, key: Key, lists: UserLists) {
-        self.users.replace(key, lists, 0);
+    pub fn set_user(&mut self, key: Key, heads: UserHeads) {
+        self.users.replace(key, heads, 0);
     }
 
     pub fn stats(&mut self, key: Key) -> Option<ItemStats> {

@@ -3,13 +3,11 @@
 
 use foldhash::HashMap;
 
-use super::cache::{Key, StateCache, UserLists};
+use super::cache::{Key, StateCache, UserHeads};
 use crate::config::{Config, PositivesConfig};
 use crate::error::Result;
 use crate::schema::{Action, Behaviour, Event, IdEmbedding, Item};
-use crate::store::{
-    HistoryEntry, ItemStats, ListPosition, ListState, StateBatch, Store, cf, codec,
-};
+use crate::store::{HistoryEntry, ItemStats, ListHead, ListPosition, StateBatch, Store, cf, codec};
 
 /// The one definition of a positive interaction, shared by the stream and (later) the batch jobs.
 #[derive(Debug, Clone)]
@@ -293,11 +291,11 @@ impl<'a> Fold<'a> {
             self.cache.add_pair(pair);
         }
         for lists in self.users.into_values() {
-            let committed = UserLists {
-                history: lists.history.committed_state(),
-                positives: lists.positives.committed_state(),
+            let heads = UserHeads {
+                history: lists.history.committed_head(),
+                positives: lists.positives.committed_head(),
             };
-            self.cache.set_user(lists.cache_key, committed);
+            self.cache.set_user(lists.cache_key, heads);
         }
     }
 }
@@ -323,15 +321,15 @@ struct UserUpdate {
 /// when the list is over its cap, so the list is the newest `cap` events in (time, arrival) order.
 struct ListUpdate {
     /// As stored before this batch (all zero for a new user).
-    stored: ListState,
+    stored: ListHead,
     next_seq: u64,
     appended: Vec<(ListPosition, HistoryEntry)>,
-    /// The state after this batch's writes, for the cache once the batch is committed.
-    written: Option<ListState>,
+    /// The head this batch wrote, for the cache once the batch is committed.
+    written: Option<ListHead>,
 }
 
 impl ListUpdate {
-    fn new(stored: ListState) -> ListUpdate {
+    fn new(stored: ListHead) -> ListUpdate {
         ListUpdate {
             stored,
             next_seq: stored.next_seq,
@@ -344,8 +342,8 @@ impl ListUpdate {
         !self.appended.is_empty()
     }
 
-    /// The state as of this batch's commit: what it wrote, or else what it found.
-    fn committed_state(&self) -> ListState {
+    /// The head as of this batch's commit: the one it wrote, or else the one it found.
+    fn committed_head(&self) -> ListHead {
         self.written.unwrap_or(self.stored)
     }
 
@@ -369,8 +367,7 @@ impl ListUpdate {
         // The oldest `excess` of stored and new entries go. Events mostly arrive in time order, so these are
         // mostly stored ones; one more stored position says which entry is the oldest afterwards.
         let stored_front = if excess > 0 {
-            let n = (excess + 1).min(stored_count);
-            store.list_oldest(family, user, self.stored.oldest, n)?
+            store.list_oldest(family, user, &self.stored, (excess + 1).min(stored_count))?
         } else {
             Vec::new()
         };
@@ -393,28 +390,25 @@ impl ListUpdate {
             (Some(s), Some(n)) => s.min(n),
             (s, n) => s.or(n).unwrap_or_default(),
         };
-        let state = ListState {
+        let head = ListHead {
             count: (total - from_stored - from_new) as u32,
             next_seq: self.next_seq,
             oldest,
         };
         // In key order (head, then the dropped oldest entries, then the new ones), like every family's writes.
-        // The head holds only the oldest position: appends in time order leave it as it was.
-        if stored_count == 0 || oldest != self.stored.oldest {
-            batch.put_list_head(family, user, oldest)?;
-        }
+        batch.put_list_head(family, user, &head)?;
         for old in &stored_front[..from_stored] {
             batch.delete_list_entry(family, user, *old)?;
         }
         for (at, entry) in &self.appended[from_new..] {
             batch.put_list_entry(family, user, *at, entry)?;
         }
-        self.written = Some(state);
+        self.written = Some(head);
         Ok(())
     }
 }
 
-/// The batch's update of `user`'s lists, started from their state in the cache, or else in the store, the first
+/// The batch's update of `user`'s lists, started from the heads in the cache, or else in the store, the first
 /// time the batch touches the user.
 fn user_update<'m>(
     users: &'m mut HashMap<String, UserUpdate>,
@@ -427,17 +421,21 @@ fn user_update<'m>(
         return Ok(users.get_mut(user).expect("checked above"));
     }
     let cache_key = cache.user_key(user);
-    let lists = match cache.user(cache_key) {
-        Some(lists) => lists,
-        None => UserLists {
-            history: store.list_state(cf::USER_HISTORIES, user)?,
-            positives: store.list_state(cf::USER_POSITIVES, user)?,
+    let heads = match cache.user(cache_key) {
+        Some(heads) => heads,
+        None => UserHeads {
+            history: store
+                .list_head(cf::USER_HISTORIES, user)?
+                .unwrap_or_default(),
+            positives: store
+                .list_head(cf::USER_POSITIVES, user)?
+                .unwrap_or_default(),
         },
     };
     Ok(users.entry(user.to_string()).or_insert(UserUpdate {
         cache_key,
-        history: ListUpdate::new(lists.history),
-        positives: ListUpdate::new(lists.positives),
+        history: ListUpdate::new(heads.history),
+        positives: ListUpdate::new(heads.positives),
     }))
 }
 

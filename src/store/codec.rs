@@ -12,7 +12,7 @@
 //! | `items`          | 01 · item_id                               | 01 · JSON of [`Item`]                         |
 //! | `item_stats`     | 01 · item_id · 00 · stream · 00 · part i32 BE | 01 · [`ItemStats`] (5 × 8 bytes), one partial per source partition |
 //! | `item_users`     | 01 · item_id · 00 · user_id                | 01 (presence: the user has an event on it)    |
-//! | `user_histories` | 02 · user_id · 00                          | 02 · the head: oldest entry's position (ts i64 · seq u64); format 2-3 wrote 01 · count u32 · next_seq u64 · oldest, still read |
+//! | `user_histories` | 02 · user_id · 00                          | 01 · [`ListHead`]: count u32 · next_seq u64 · oldest (ts i64 · seq u64) |
 //! | `user_histories` | 02 · user_id · 00 · ts (sign-flipped) u64 BE · seq u64 BE | 01 · one [`HistoryEntry`] (ts i64 · dwell u32 · rating f32 · action u8 · item id u16-len str) |
 //! | `user_positives` | as `user_histories`                        | as `user_histories`                           |
 //! | `id_embeddings`  | 01 · item_id · 00 · space                  | 01 · version u64 · ts i64 · dim u32 · f32 × dim |
@@ -36,8 +36,6 @@ pub const KEY_V1: u8 = 1;
 /// Keys of the per-entry user lists (store format 2).
 pub const KEY_V2: u8 = 2;
 pub const VALUE_V1: u8 = 1;
-/// List heads of store format 4 (the oldest position alone).
-pub const VALUE_V2: u8 = 2;
 
 pub fn id_key(id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + id.len());
@@ -294,6 +292,16 @@ fn read_history_entry(r: &mut Reader<'_>) -> Result<HistoryEntry> {
 /// Where an entry sits in a user's list: time order, then arrival order (a per-user sequence number).
 pub type ListPosition = (i64, u64);
 
+/// The head record of a user's list (histories or positives, store format 2): how many entries there are, the
+/// next sequence number, and the oldest entry's position. Readers seek straight to the oldest entry, past the
+/// tombstones that trimming leaves in front of it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListHead {
+    pub count: u32,
+    pub next_seq: u64,
+    pub oldest: ListPosition,
+}
+
 /// 02 · user_id · 00: the head; entries follow under the same prefix.
 pub fn list_head_key(user_id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(2 + user_id.len() + 16);
@@ -340,33 +348,23 @@ pub fn decode_list_key(key: &[u8]) -> Result<(&str, Option<ListPosition>)> {
     }
 }
 
-/// A list's head (store format 4) holds only where its oldest entry sits: readers seek straight there, past the
-/// tombstones that trimming leaves in front of it, and read to the end of the list. Nothing in it changes when an
-/// entry is appended in time order, so a batch writes a head only when a list starts, is trimmed or gets an entry
-/// older than all the others (format 2-3 heads also carried a count and the next sequence number, and so were
-/// rewritten with every append: 1.4 of the ~4.4 keys ingest wrote per event).
-pub fn encode_list_head(oldest: ListPosition) -> Vec<u8> {
-    let mut v = Vec::with_capacity(17);
-    v.push(VALUE_V2);
-    v.extend_from_slice(&oldest.0.to_le_bytes());
-    v.extend_from_slice(&oldest.1.to_le_bytes());
+pub fn encode_list_head(h: &ListHead) -> Vec<u8> {
+    let mut v = Vec::with_capacity(29);
+    v.push(VALUE_V1);
+    v.extend_from_slice(&h.count.to_le_bytes());
+    v.extend_from_slice(&h.next_seq.to_le_bytes());
+    v.extend_from_slice(&h.oldest.0.to_le_bytes());
+    v.extend_from_slice(&h.oldest.1.to_le_bytes());
     v
 }
 
-/// The oldest entry's position from a list head of either layout: `02 · oldest`, or format 2-3's
-/// `01 · count · next_seq · oldest`, whose count and sequence number are no longer read.
-pub fn decode_list_head(value: &[u8]) -> Result<ListPosition> {
-    let mut r = match value.split_first() {
-        Some((&VALUE_V2, body)) => Reader(body),
-        Some((&VALUE_V1, body)) => {
-            let mut r = Reader(body);
-            let _count = r.u32()?;
-            let _next_seq: [u8; 8] = r.take()?;
-            r
-        }
-        _ => return Err(corrupt("user list head: unknown value version")),
-    };
-    Ok((i64::from_le_bytes(r.take()?), u64::from_le_bytes(r.take()?)))
+pub fn decode_list_head(value: &[u8]) -> Result<ListHead> {
+    let mut r = Reader(versioned(value, "user list head")?);
+    Ok(ListHead {
+        count: r.u32()?,
+        next_seq: u64::from_le_bytes(r.take()?),
+        oldest: (i64::from_le_bytes(r.take()?), u64::from_le_bytes(r.take()?)),
+    })
 }
 
 pub fn encode_list_entry(e: &HistoryEntry) -> Vec<u8> {
@@ -922,19 +920,12 @@ mod tests {
             assert_eq!(decode_list_key(k).unwrap(), ("u1", Some(p)));
         }
         assert_eq!(decode_list_key(&head).unwrap(), ("u1", None));
-        assert_eq!(
-            decode_list_head(&encode_list_head((-5, 9))).unwrap(),
-            (-5, 9)
-        );
-        // A format 2-3 head: 01 · count · next_seq · oldest.
-        let mut v1 = vec![VALUE_V1];
-        v1.extend_from_slice(&3u32.to_le_bytes());
-        v1.extend_from_slice(&17u64.to_le_bytes());
-        v1.extend_from_slice(&(-5i64).to_le_bytes());
-        v1.extend_from_slice(&9u64.to_le_bytes());
-        assert_eq!(decode_list_head(&v1).unwrap(), (-5, 9));
-        assert!(decode_list_head(&v1[..20]).is_err(), "truncated head");
-        assert!(decode_list_head(&[3, 0]).is_err(), "unknown version");
+        let h = ListHead {
+            count: 3,
+            next_seq: 17,
+            oldest: (-5, 9),
+        };
+        assert_eq!(decode_list_head(&encode_list_head(&h)).unwrap(), h);
     }
 
     #[test]

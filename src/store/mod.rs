@@ -17,7 +17,7 @@ use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, ReadOptions, Wr
 use crate::error::{Error, Result};
 use crate::schema::{IdEmbedding, Item, ItemEmbedding};
 pub use codec::{
-    Codebooks, HistoryEntry, InterestCluster, ItemStats, ListPosition, LogRow, ModelInfo,
+    Codebooks, HistoryEntry, InterestCluster, ItemStats, ListHead, ListPosition, LogRow, ModelInfo,
     TeacherTarget, UserInterests,
 };
 pub use view::{SemanticIds, StoreView};
@@ -28,24 +28,8 @@ pub use view::{SemanticIds, StoreView};
 /// 3: every item-level write (embedding, semantic IDs, teacher targets) also writes the item's stamp
 /// ([`cf::ITEM_STAMPS`]), which lets lookups keep decoded items between requests; the upgrade stamps every
 /// embedded item.
-/// 4: a list head holds only its oldest entry's position, and is written only when that changes (format 3 heads
-/// also counted the entries and were rewritten with every append). Format 3 heads read as they are, so the
-/// upgrade only records the version; a build of format 3 then refuses the store instead of misreading heads.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 3;
 const FORMAT_KEY: &[u8] = b"format_version";
-
-/// What a writer appending to a user's list needs to know of it. Only `oldest` is stored (in the list's head);
-/// the rest is counted from the entries by [`Store::list_state`], and ingest's cache keeps all three between
-/// batches.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ListState {
-    /// Entries in the list.
-    pub count: u32,
-    /// A sequence number above every entry's: the next entry's tie-break among entries at the same time.
-    pub next_seq: u64,
-    /// Position of the oldest entry (meaningless when `count` is 0).
-    pub oldest: ListPosition,
-}
 
 /// Column families, one per concern.
 pub mod cf {
@@ -160,13 +144,13 @@ fn cf_options(name: &str, cache: &rocksdb::Cache) -> Options {
     // the skiplist (cache misses all the way: 40% of replay time in a profile before this was set).
     opts.set_memtable_prefix_bloom_ratio(0.02);
     opts.set_memtable_whole_key_filtering(true);
-    // Small memtables, flushed several at a time. Ingest inserts a few keys per event (~3 in the replay benchmark)
-    // at random places in each family's skiplist; in RocksDB's default 64 MiB memtable every insert walks nodes that
-    // are no longer in the CPU cache (the splice search was a quarter of replay time), while the active memtables of
-    // all families together at 2 MiB each stay within L3. Merging 8 of them per flush keeps table files (and so the
-    // compaction shape) as with one 16 MiB memtable; room for 3 more lets writes go on while a flush runs. Replay
-    // measured ~+40% over the default with 4 MiB, and 2 MiB another +6% once the state cache had shrunk (8 MiB:
-    // -15%; BENCHMARKS.md).
+    // Small memtables, flushed several at a time. Ingest inserts ~5 keys per event at random places in each
+    // family's skiplist; in RocksDB's default 64 MiB memtable every insert walks nodes that are no longer in
+    // the CPU cache (the splice search was a quarter of replay time), while the active memtables of all
+    // families together at 2 MiB each stay within L3. Merging 8 of them per flush keeps table files (and so
+    // the compaction shape) as with one 16 MiB memtable; room for 3 more lets writes go on while a flush
+    // runs. Replay measured ~+40% over the default with 4 MiB, and 2 MiB another +6% once the state cache
+    // had shrunk (8 MiB: -15%; BENCHMARKS.md).
     //
     // `log_pending` is the exception: offline-log rows are appended in sequence order, so inserts stay at the
     // skiplist's end (no cache-miss walks) and a large memtable costs nothing per insert. In a large one, more
@@ -623,60 +607,27 @@ impl Store {
         })
     }
 
-    /// What a writer needs to know of a user's list in `family` (user_histories or user_positives): the head,
-    /// then a count of the entries. Ingest keeps this in its cache and calls it only for users it has not seen
-    /// recently, since the count walks the list (at most its cap: 200 and 1,000 entries by default).
-    pub fn list_state(&self, family: &str, user_id: &str) -> Result<ListState> {
-        let Some(oldest) = self.list_oldest_position(family, user_id, &ReadOptions::default())?
-        else {
-            return Ok(ListState::default());
-        };
-        let mut state = ListState {
-            count: 0,
-            next_seq: 0,
-            oldest,
-        };
-        self.scan_list(family, user_id, oldest, ReadOptions::default(), |k, _| {
-            if let (_, Some((_, seq))) = codec::decode_list_key(k)? {
-                state.count += 1;
-                // Only the live entries' numbers must stay unique: a trimmed entry's key may be used again.
-                state.next_seq = state.next_seq.max(seq + 1);
-            }
-            Ok(true)
-        })?;
-        Ok(state)
-    }
-
-    fn list_oldest_position(
-        &self,
-        family: &str,
-        user_id: &str,
-        opts: &ReadOptions,
-    ) -> Result<Option<ListPosition>> {
-        self.db
-            .get_pinned_cf_opt(self.cf(family)?, codec::list_head_key(user_id), opts)
-            .map_err(|e| Error::rocks(format!("get from {family}"), e))?
+    /// The head of a user's list in `family` (user_histories or user_positives), if the user has one.
+    pub fn list_head(&self, family: &str, user_id: &str) -> Result<Option<ListHead>> {
+        self.get(family, &codec::list_head_key(user_id))?
             .map(|v| codec::decode_list_head(&v))
             .transpose()
     }
 
-    /// Positions of the `n` oldest entries of a user's list, the oldest at `oldest` (fewer if it is shorter).
+    /// Positions of the `n` oldest entries of a user's list (fewer if it is shorter).
     pub fn list_oldest(
         &self,
         family: &str,
         user_id: &str,
-        oldest: ListPosition,
+        head: &ListHead,
         n: usize,
     ) -> Result<Vec<ListPosition>> {
         let mut out = Vec::with_capacity(n);
-        if n == 0 {
-            return Ok(out);
-        }
-        self.scan_list(family, user_id, oldest, ReadOptions::default(), |k, _| {
+        self.scan_list(family, user_id, head, n, ReadOptions::default(), |k, _| {
             if let (_, Some(at)) = codec::decode_list_key(k)? {
                 out.push(at);
             }
-            Ok(out.len() < n)
+            Ok(())
         })?;
         Ok(out)
     }
@@ -688,40 +639,51 @@ impl Store {
         user_id: &str,
         opts: impl Fn() -> ReadOptions,
     ) -> Result<Vec<HistoryEntry>> {
-        let Some(oldest) = self.list_oldest_position(family, user_id, &opts())? else {
+        let head = self
+            .db
+            .get_pinned_cf_opt(self.cf(family)?, codec::list_head_key(user_id), &opts())
+            .map_err(|e| Error::rocks(format!("get from {family}"), e))?;
+        let Some(head) = head.map(|v| codec::decode_list_head(&v)).transpose()? else {
             return Ok(Vec::new());
         };
-        let mut out = Vec::new();
-        self.scan_list(family, user_id, oldest, opts(), |_, v| {
-            out.push(codec::decode_list_entry(v)?);
-            Ok(true)
-        })?;
+        let mut out = Vec::with_capacity(head.count as usize);
+        self.scan_list(
+            family,
+            user_id,
+            &head,
+            head.count as usize,
+            opts(),
+            |_, v| {
+                out.push(codec::decode_list_entry(v)?);
+                Ok(())
+            },
+        )?;
         Ok(out)
     }
 
-    /// Visits a list's entries from its oldest, at `oldest` (seeking past the trimmed entries' tombstones), while
-    /// `visit` returns true. Every entry from the oldest to the end of the list is live: trimming only ever
-    /// removes the oldest.
+    /// Visits up to `n` entries of a list from its oldest, seeking past the trimmed entries' tombstones.
     fn scan_list(
         &self,
         family: &str,
         user_id: &str,
-        oldest: ListPosition,
+        head: &ListHead,
+        n: usize,
         mut opts: ReadOptions,
-        mut visit: impl FnMut(&[u8], &[u8]) -> Result<bool>,
+        mut visit: impl FnMut(&[u8], &[u8]) -> Result<()>,
     ) -> Result<()> {
+        if n == 0 || head.count == 0 {
+            return Ok(());
+        }
         opts.set_iterate_upper_bound(codec::list_end_key(user_id));
-        let from = codec::list_entry_key(user_id, oldest);
+        let from = codec::list_entry_key(user_id, head.oldest);
         let iter = self.db.iterator_cf_opt(
             self.cf(family)?,
             opts,
             IteratorMode::From(&from, rocksdb::Direction::Forward),
         );
-        for entry in iter {
+        for entry in iter.take(n) {
             let (k, v) = entry.map_err(|e| Error::rocks(format!("scanning {family}"), e))?;
-            if !visit(&k, &v)? {
-                break;
-            }
+            visit(&k, &v)?;
         }
         Ok(())
     }
@@ -1076,38 +1038,6 @@ impl Store {
             .map_err(|e| Error::rocks("writing a format-1 list", e))
     }
 
-    /// Writes a user list the way store formats 2 and 3 did: one key per entry, numbered 0.. in the order
-    /// given, and a head that also counts them (`01 · count u32 · next_seq u64 · oldest`), for tests of reading
-    /// such a store.
-    #[doc(hidden)]
-    pub fn write_format3_list(
-        &self,
-        family: &str,
-        user_id: &str,
-        entries: &[HistoryEntry],
-    ) -> Result<()> {
-        let mut batch = WriteBatch::default();
-        let handle = self.cf(family)?;
-        let positions: Vec<ListPosition> = (0..).zip(entries).map(|(seq, e)| (e.ts, seq)).collect();
-        for (at, e) in positions.iter().zip(entries) {
-            batch.put_cf(
-                handle,
-                codec::list_entry_key(user_id, *at),
-                codec::encode_list_entry(e),
-            );
-        }
-        let oldest = positions.iter().min().copied().unwrap_or_default();
-        let mut head = vec![codec::VALUE_V1];
-        head.extend_from_slice(&(entries.len() as u32).to_le_bytes());
-        head.extend_from_slice(&(entries.len() as u64).to_le_bytes());
-        head.extend_from_slice(&oldest.0.to_le_bytes());
-        head.extend_from_slice(&oldest.1.to_le_bytes());
-        batch.put_cf(handle, codec::list_head_key(user_id), head);
-        self.db
-            .write(batch)
-            .map_err(|e| Error::rocks("writing a format-3 list", e))
-    }
-
     /// Drops a column family, for tests that simulate a store written before the family existed.
     #[doc(hidden)]
     pub fn drop_family(&mut self, name: &str) -> Result<()> {
@@ -1251,28 +1181,27 @@ impl StateBatch<'_> {
             codec::list_head_key(user_id),
             codec::list_end_key(user_id),
         );
-        let mut oldest = None;
-        for (seq, e) in entries.iter().enumerate() {
-            let at = (e.ts, seq as u64);
-            oldest = Some(oldest.map_or(at, |o: ListPosition| o.min(at)));
+        let mut head = ListHead::default();
+        for e in entries {
+            let at = (e.ts, head.next_seq);
+            if head.count == 0 || at < head.oldest {
+                head.oldest = at;
+            }
             self.put_list_entry(family, user_id, at, e)?;
+            head.count += 1;
+            head.next_seq += 1;
         }
-        if let Some(oldest) = oldest {
-            self.put_list_head(family, user_id, oldest)?;
+        if head.count > 0 {
+            self.put_list_head(family, user_id, &head)?;
         }
         Ok(())
     }
 
-    pub fn put_list_head(
-        &mut self,
-        family: &str,
-        user_id: &str,
-        oldest: ListPosition,
-    ) -> Result<()> {
+    pub fn put_list_head(&mut self, family: &str, user_id: &str, head: &ListHead) -> Result<()> {
         self.put(
             family,
             &codec::list_head_key(user_id),
-            &codec::encode_list_head(oldest),
+            &codec::encode_list_head(head),
         )
     }
 
