@@ -9,7 +9,8 @@
 //! Run: `cargo bench --bench ingest` (release build; needs scripts/setup.sh for the broker).
 //! Sizes: BENCH_KAFKA_EVENTS (default 300000), BENCH_FILE_EVENTS (default 1000000), BENCH_USERS (default 20000).
 //! BENCH_STATE_CACHE_MB sets `ingest.state_cache_mb` (default: the configured default); 0 makes every batch read
-//! its users' lists, item counters and pairs from RocksDB, as a worker does for state it has not seen recently.
+//! its users' list heads, item counters and pairs from RocksDB, as a worker does for state it has not seen
+//! recently.
 
 #[path = "../integration/harness/mod.rs"]
 mod harness;

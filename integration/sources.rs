@@ -213,17 +213,18 @@ async fn history_caps_keep_the_newest() {
 /// newest `cap` events in (time, arrival) order, worked out here by a stable sort of everything the user sent.
 #[tokio::test]
 async fn history_caps_hold_for_late_and_tied_events_across_batches() {
-    late_and_tied_events(256).await;
+    late_and_tied_events(None).await;
 }
 
-/// The same with ingest's state cache off, so that every batch counts each user's lists from the store (what a
-/// restarted worker, or one whose cache has evicted the user, does) instead of carrying them over.
+/// The same with ingest's state cache off, so that every batch reads each user's list heads from the store (what
+/// a restarted worker does, or one whose cache has evicted the user) instead of carrying them over.
 #[tokio::test]
 async fn history_caps_hold_without_the_state_cache() {
-    late_and_tied_events(0).await;
+    late_and_tied_events(Some(0)).await;
 }
 
-async fn late_and_tied_events(state_cache_mb: usize) {
+/// `state_cache_mb`: None keeps the configured default.
+async fn late_and_tied_events(state_cache_mb: Option<usize>) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("b.jsonl");
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
@@ -260,7 +261,9 @@ async fn late_and_tied_events(state_cache_mb: usize) {
     let mut cfg = config(&dir.path().join("store"), 37);
     cfg.store.history_cap = 25;
     cfg.store.positives_cap = 10;
-    cfg.ingest.state_cache_mb = state_cache_mb;
+    if let Some(mb) = state_cache_mb {
+        cfg.ingest.state_cache_mb = mb;
+    }
     replay(&cfg, &inputs, Some(9)).await;
     replay(&cfg, &inputs, Some(20)).await;
     replay(&cfg, &inputs, None).await;
