@@ -159,7 +159,7 @@ fn fill_store(path: &Path, items: usize, users: usize) {
                     rating: None,
                 })
                 .collect();
-            batch.put_user_positives(&id, &positives).unwrap();
+            batch.put_user_lists(&id, &positives, &positives).unwrap();
             let medoids: Vec<&str> = positives[..5].iter().map(|p| p.item_id.as_str()).collect();
             batch
                 .put_user_interests(&id, &random_interests(&mut rng, &medoids))

@@ -296,8 +296,9 @@ fn user_interests_match_an_independent_computation() {
         pos("b1", T0 + 20 * DAY),
         pos("b2", T0 + 21 * DAY),
     ];
-    b.put_user_positives("u1", &history).unwrap();
-    b.put_user_positives("u2", &[pos("zz", T0)]).unwrap();
+    b.put_user_lists("u1", &history, &history).unwrap();
+    let u2 = [pos("zz", T0)];
+    b.put_user_lists("u2", &u2, &u2).unwrap();
     b.commit().unwrap();
 
     let mut config = sailstream::Config::default();

@@ -935,18 +935,14 @@ fn one_user_one_candidate(path: &Path) -> Arc<Store> {
     let store = Arc::new(Store::open(path).unwrap());
     let mut batch = store.batch();
     batch.put_model_info(&model_m(vec![4])).unwrap();
-    batch
-        .put_user_positives(
-            "u1",
-            &[HistoryEntry {
-                item_id: "p1".into(),
-                action: sailstream::schema::Action::Like,
-                ts: 1_764_000_000_000,
-                dwell_ms: 0,
-                rating: None,
-            }],
-        )
-        .unwrap();
+    let positives = [HistoryEntry {
+        item_id: "p1".into(),
+        action: sailstream::schema::Action::Like,
+        ts: 1_764_000_000_000,
+        dwell_ms: 0,
+        rating: None,
+    }];
+    batch.put_user_lists("u1", &positives, &positives).unwrap();
     batch.commit().unwrap();
     embed_m(&store, "p1", [1.0, 0.0, 0.0, 0.0]);
     embed_m(&store, "c1", [1.0, 0.0, 0.0, 0.0]);

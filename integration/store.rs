@@ -54,8 +54,7 @@ fn batch_writes_state_and_offsets_together_and_survives_reopen() {
             dwell_ms: 0,
             rating: None,
         }];
-        b.put_user_history("u1", &h).unwrap();
-        b.put_user_positives("u1", &h).unwrap();
+        b.put_user_lists("u1", &h, &h).unwrap();
         b.put_id_embedding(&IdEmbedding {
             item_id: "v1".into(),
             space: "gid".into(),
@@ -127,18 +126,22 @@ fn a_second_writer_gets_a_clear_locked_error() {
     Store::open_read_only(dir.path()).unwrap();
 }
 
-/// A format-1 store (one list value per user) is upgraded in place by the first writer; readers refuse it until
-/// then with an error that says so.
-#[test]
-fn a_format_1_store_is_upgraded_by_a_writer() {
-    let dir = tempfile::tempdir().unwrap();
-    let entry = |id: &str, ts: i64, action: Action| HistoryEntry {
+/// A list entry for the upgrade tests.
+fn entry(id: &str, ts: i64, action: Action) -> HistoryEntry {
+    HistoryEntry {
         item_id: id.into(),
         action,
         ts,
         dwell_ms: 7,
         rating: None,
-    };
+    }
+}
+
+/// A format-1 store (one list value per user) is upgraded in place by the first writer; readers refuse it until
+/// then with an error that says so.
+#[test]
+fn a_format_1_store_is_upgraded_by_a_writer() {
+    let dir = tempfile::tempdir().unwrap();
     let history = vec![
         entry("a", 10, Action::Play),
         entry("b", 10, Action::Like),
@@ -176,6 +179,67 @@ fn a_format_1_store_is_upgraded_by_a_writer() {
         ["u1", "u2"]
     );
     assert_eq!(store.list_users(cf::USER_POSITIVES, 10).unwrap(), ["u1"]);
+}
+
+/// A format-3 store (each list's head in its own family) is refused by readers, and a writer moves every
+/// positives head into the value under the history's head key: lists read back unchanged, the heads keep each
+/// list's count and numbering, and the positives family is left with entries only.
+#[test]
+fn a_format_3_store_gets_merged_list_heads_from_a_writer() {
+    let (dir, scratch) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let history = vec![
+        entry("a", 10, Action::Play),
+        entry("b", 10, Action::Like),
+        entry("c", 30, Action::Like),
+    ];
+    let positives = vec![history[1].clone(), history[2].clone()];
+    {
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .write_format3_lists("u1", &history, &positives)
+            .unwrap();
+        store.write_format3_lists("u2", &history[..1], &[]).unwrap();
+        store.force_format_version(3).unwrap();
+    }
+    for err in [
+        Store::open_read_only(dir.path()).unwrap_err(),
+        Store::open_secondary(dir.path(), scratch.path()).unwrap_err(),
+    ] {
+        assert!(
+            matches!(err, Error::StoreFormatTooOld { found: 3, .. }),
+            "{err:?}"
+        );
+    }
+
+    let count = |s: &Store, family| s.key_count(family).unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.user_history("u1").unwrap(), history);
+    assert_eq!(store.user_positives("u1").unwrap(), positives);
+    assert_eq!(store.user_history("u2").unwrap(), history[..1]);
+    assert!(store.user_positives("u2").unwrap().is_empty());
+    let heads = store.user_heads("u1").unwrap().unwrap();
+    assert_eq!(
+        (heads.history.count, heads.history.next_seq),
+        (3, 3),
+        "{heads:?}"
+    );
+    assert_eq!(
+        (heads.positives.count, heads.positives.next_seq),
+        (2, 2),
+        "{heads:?}"
+    );
+    let u2 = store.user_heads("u2").unwrap().unwrap();
+    assert_eq!((u2.history.count, u2.positives.count), (1, 0), "{u2:?}");
+    assert_eq!(count(&store, cf::USER_POSITIVES), 2, "entries only");
+    assert_eq!(
+        count(&store, cf::USER_HISTORIES),
+        2 + 4,
+        "two heads, four entries"
+    );
+    assert_eq!(store.list_users(cf::USER_POSITIVES, 10).unwrap(), ["u1"]);
+    drop(store);
+    let reader = Store::open_read_only(dir.path()).unwrap();
+    assert_eq!(reader.user_positives("u1").unwrap(), positives);
 }
 
 /// A format-2 store (no item stamps) is refused by readers, opens for them without the family, and a writer

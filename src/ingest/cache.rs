@@ -13,7 +13,7 @@ use std::hash::{BuildHasher, Hasher};
 use siphasher::sip128::{Hasher128, SipHasher13};
 
 use crate::cache::GenerationalCache;
-use crate::store::{ItemStats, ListHead};
+use crate::store::{ItemStats, UserHeads};
 
 /// What a cache entry is about, as a 128-bit SipHash-1-3 of its kind and ids under a key drawn at random for each
 /// cache. Entries are found by this fingerprint alone, not by the ids: a key made of strings meant building owned
@@ -23,13 +23,6 @@ use crate::store::{ItemStats, ListHead};
 /// collision either.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) struct Key(u128);
-
-/// The heads of one user's two lists, as committed (a list the user does not have is all zero).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub(super) struct UserHeads {
-    pub history: ListHead,
-    pub positives: ListHead,
-}
 
 /// The fold's cache, one map per kind of entry so that each slot is only as large as its value (a pair is just
 /// its fingerprint): fewer bytes per entry keep more of them in the CPU caches. Each map gets a third of the

@@ -3,11 +3,13 @@
 
 use foldhash::HashMap;
 
-use super::cache::{Key, StateCache, UserHeads};
+use super::cache::{Key, StateCache};
 use crate::config::{Config, PositivesConfig};
 use crate::error::Result;
 use crate::schema::{Action, Behaviour, Event, IdEmbedding, Item};
-use crate::store::{HistoryEntry, ItemStats, ListHead, ListPosition, StateBatch, Store, cf, codec};
+use crate::store::{
+    HistoryEntry, ItemStats, ListHead, ListPosition, StateBatch, Store, UserHeads, cf, codec,
+};
 
 /// The one definition of a positive interaction, shared by the stream and (later) the batch jobs.
 #[derive(Debug, Clone)]
@@ -259,17 +261,27 @@ impl<'a> Fold<'a> {
         }
         let (store, history_cap, positives_cap) =
             (self.store, self.history_cap, self.positives_cap);
-        // Family by family, each in key order (by user).
+        // Family by family, each in key order (by user). Positives first: their heads are written with the
+        // history's, in front of its entries.
         let mut users = sorted_mut(&mut self.users);
         for (user, lists) in &mut users {
-            let history = &mut lists.history;
-            history.write(batch, store, cf::USER_HISTORIES, user, history_cap)?;
+            let positives = &mut lists.positives;
+            if positives.has_appended() {
+                let dropped =
+                    positives.apply_cap(store, cf::USER_POSITIVES, user, positives_cap)?;
+                positives.write_entries(batch, cf::USER_POSITIVES, user, &dropped)?;
+            }
+        }
+        for (user, lists) in &mut users {
+            let dropped = lists
+                .history
+                .apply_cap(store, cf::USER_HISTORIES, user, history_cap)?;
+            batch.put_user_heads(user, &lists.heads())?;
+            lists
+                .history
+                .write_entries(batch, cf::USER_HISTORIES, user, &dropped)?;
         }
         users.retain(|(_, lists)| lists.positives.has_appended());
-        for (user, lists) in &mut users {
-            let positives = &mut lists.positives;
-            positives.write(batch, store, cf::USER_POSITIVES, user, positives_cap)?;
-        }
         for (user, _) in &users {
             batch.put_interests_pending(user)?;
         }
@@ -291,11 +303,7 @@ impl<'a> Fold<'a> {
             self.cache.add_pair(pair);
         }
         for lists in self.users.into_values() {
-            let heads = UserHeads {
-                history: lists.history.committed_head(),
-                positives: lists.positives.committed_head(),
-            };
-            self.cache.set_user(lists.cache_key, heads);
+            self.cache.set_user(lists.cache_key, lists.heads());
         }
     }
 }
@@ -316,6 +324,16 @@ struct UserUpdate {
     positives: ListUpdate,
 }
 
+impl UserUpdate {
+    /// Both heads as of this batch's commit.
+    fn heads(&self) -> UserHeads {
+        UserHeads {
+            history: self.history.committed_head(),
+            positives: self.positives.committed_head(),
+        }
+    }
+}
+
 /// One user's list (history or positives) as a batch changes it: new entries are appended as keys of their own
 /// (one small write per event, instead of rewriting a list of up to `positives_cap` entries), and the oldest go
 /// when the list is over its cap, so the list is the newest `cap` events in (time, arrival) order.
@@ -324,7 +342,9 @@ struct ListUpdate {
     stored: ListHead,
     next_seq: u64,
     appended: Vec<(ListPosition, HistoryEntry)>,
-    /// The head this batch wrote, for the cache once the batch is committed.
+    /// How many of `appended` (oldest first once sorted) fall under the cap at once and are never written.
+    dropped_new: usize,
+    /// The head after this batch, once [`ListUpdate::apply_cap`] has worked it out.
     written: Option<ListHead>,
 }
 
@@ -334,6 +354,7 @@ impl ListUpdate {
             stored,
             next_seq: stored.next_seq,
             appended: Vec::new(),
+            dropped_new: 0,
             written: None,
         }
     }
@@ -342,7 +363,7 @@ impl ListUpdate {
         !self.appended.is_empty()
     }
 
-    /// The head as of this batch's commit: the one it wrote, or else the one it found.
+    /// The head as of this batch's commit: the one it worked out, or else the one it found.
     fn committed_head(&self) -> ListHead {
         self.written.unwrap_or(self.stored)
     }
@@ -352,14 +373,15 @@ impl ListUpdate {
         self.next_seq += 1;
     }
 
-    fn write(
+    /// Works out which entries stay under `cap` and the head that describes them; returns the positions of the
+    /// stored entries that go.
+    fn apply_cap(
         &mut self,
-        batch: &mut StateBatch<'_>,
         store: &Store,
         family: &str,
         user: &str,
         cap: usize,
-    ) -> Result<()> {
+    ) -> Result<Vec<ListPosition>> {
         self.appended.sort_unstable_by_key(|(at, _)| *at);
         let stored_count = self.stored.count as usize;
         let total = stored_count + self.appended.len();
@@ -390,20 +412,32 @@ impl ListUpdate {
             (Some(s), Some(n)) => s.min(n),
             (s, n) => s.or(n).unwrap_or_default(),
         };
-        let head = ListHead {
+        self.written = Some(ListHead {
             count: (total - from_stored - from_new) as u32,
             next_seq: self.next_seq,
             oldest,
-        };
-        // In key order (head, then the dropped oldest entries, then the new ones), like every family's writes.
-        batch.put_list_head(family, user, &head)?;
-        for old in &stored_front[..from_stored] {
+        });
+        self.dropped_new = from_new;
+        let mut dropped = stored_front;
+        dropped.truncate(from_stored);
+        Ok(dropped)
+    }
+
+    /// Deletes the stored entries that go (`dropped`, from [`ListUpdate::apply_cap`]) and writes the new ones
+    /// that stay, in key order (the dropped are the oldest), like every family's writes.
+    fn write_entries(
+        &self,
+        batch: &mut StateBatch<'_>,
+        family: &str,
+        user: &str,
+        dropped: &[ListPosition],
+    ) -> Result<()> {
+        for old in dropped {
             batch.delete_list_entry(family, user, *old)?;
         }
-        for (at, entry) in &self.appended[from_new..] {
+        for (at, entry) in &self.appended[self.dropped_new..] {
             batch.put_list_entry(family, user, *at, entry)?;
         }
-        self.written = Some(head);
         Ok(())
     }
 }
@@ -423,14 +457,7 @@ fn user_update<'m>(
     let cache_key = cache.user_key(user);
     let heads = match cache.user(cache_key) {
         Some(heads) => heads,
-        None => UserHeads {
-            history: store
-                .list_head(cf::USER_HISTORIES, user)?
-                .unwrap_or_default(),
-            positives: store
-                .list_head(cf::USER_POSITIVES, user)?
-                .unwrap_or_default(),
-        },
+        None => store.user_heads(user)?.unwrap_or_default(),
     };
     Ok(users.entry(user.to_string()).or_insert(UserUpdate {
         cache_key,

@@ -12,9 +12,9 @@
 //! | `items`          | 01 · item_id                               | 01 · JSON of [`Item`]                         |
 //! | `item_stats`     | 01 · item_id · 00 · stream · 00 · part i32 BE | 01 · [`ItemStats`] (5 × 8 bytes), one partial per source partition |
 //! | `item_users`     | 01 · item_id · 00 · user_id                | 01 (presence: the user has an event on it)    |
-//! | `user_histories` | 02 · user_id · 00                          | 01 · [`ListHead`]: count u32 · next_seq u64 · oldest (ts i64 · seq u64) |
+//! | `user_histories` | 02 · user_id · 00                          | 02 · [`UserHeads`]: the history's [`ListHead`], then the positives' (each count u32 · next_seq u64 · oldest (ts i64 · seq u64)); 01 · the history's head alone (format 3: no positives) |
 //! | `user_histories` | 02 · user_id · 00 · ts (sign-flipped) u64 BE · seq u64 BE | 01 · one [`HistoryEntry`] (ts i64 · dwell u32 · rating f32 · action u8 · item id u16-len str) |
-//! | `user_positives` | as `user_histories`                        | as `user_histories`                           |
+//! | `user_positives` | as `user_histories`' entries (no head: it is in `user_histories`) | as `user_histories`' entries |
 //! | `id_embeddings`  | 01 · item_id · 00 · space                  | 01 · version u64 · ts i64 · dim u32 · f32 × dim |
 //! | `item_embeddings`| 01 · item_id                               | 01 · model str · model_version str · item_version u64 · ts i64 · dim u32 · f32 × dim (str = u32 len · bytes) |
 //! | `semantic_ids`   | 01 · item_id                               | 01 · model_version str · n u32 · code u32 × n (coarse to fine) |
@@ -36,6 +36,8 @@ pub const KEY_V1: u8 = 1;
 /// Keys of the per-entry user lists (store format 2).
 pub const KEY_V2: u8 = 2;
 pub const VALUE_V1: u8 = 1;
+/// Values that hold more than their v1 layout (a user's two list heads in one value, store format 4).
+pub const VALUE_V2: u8 = 2;
 
 pub fn id_key(id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + id.len());
@@ -292,9 +294,9 @@ fn read_history_entry(r: &mut Reader<'_>) -> Result<HistoryEntry> {
 /// Where an entry sits in a user's list: time order, then arrival order (a per-user sequence number).
 pub type ListPosition = (i64, u64);
 
-/// The head record of a user's list (histories or positives, store format 2): how many entries there are, the
-/// next sequence number, and the oldest entry's position. Readers seek straight to the oldest entry, past the
-/// tombstones that trimming leaves in front of it.
+/// The head record of a user's list (history or positives): how many entries there are, the next sequence
+/// number, and the oldest entry's position. Readers seek straight to the oldest entry, past the tombstones that
+/// trimming leaves in front of it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ListHead {
     pub count: u32,
@@ -302,7 +304,16 @@ pub struct ListHead {
     pub oldest: ListPosition,
 }
 
-/// 02 · user_id · 00: the head; entries follow under the same prefix.
+/// The heads of one user's two lists, stored together under the history's head key (store format 4): ingest
+/// changes both in the same batch whenever an event is positive, and a user it has not cached costs one read
+/// instead of two. A list the user does not have is all zero.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UserHeads {
+    pub history: ListHead,
+    pub positives: ListHead,
+}
+
+/// 02 · user_id · 00: the heads (in `user_histories` only); entries follow under the same prefix.
 pub fn list_head_key(user_id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(2 + user_id.len() + 16);
     k.push(KEY_V2);
@@ -348,7 +359,43 @@ pub fn decode_list_key(key: &[u8]) -> Result<(&str, Option<ListPosition>)> {
     }
 }
 
-pub fn encode_list_head(h: &ListHead) -> Vec<u8> {
+pub fn encode_user_heads(h: &UserHeads) -> Vec<u8> {
+    let mut v = Vec::with_capacity(57);
+    v.push(VALUE_V2);
+    for head in [&h.history, &h.positives] {
+        v.extend_from_slice(&head.count.to_le_bytes());
+        v.extend_from_slice(&head.next_seq.to_le_bytes());
+        v.extend_from_slice(&head.oldest.0.to_le_bytes());
+        v.extend_from_slice(&head.oldest.1.to_le_bytes());
+    }
+    v
+}
+
+/// Both heads (v2), or a format-3 head value (v1: one list's head alone, see [`decode_format3_list_head`]) read
+/// as a history without positives: the format-4 upgrade moves only the heads of users that have positives.
+pub fn decode_user_heads(value: &[u8]) -> Result<UserHeads> {
+    match value.split_first() {
+        Some((&VALUE_V2, rest)) => {
+            let mut r = Reader(rest);
+            Ok(UserHeads {
+                history: read_list_head(&mut r)?,
+                positives: read_list_head(&mut r)?,
+            })
+        }
+        _ => Ok(UserHeads {
+            history: decode_format3_list_head(value)?,
+            positives: ListHead::default(),
+        }),
+    }
+}
+
+/// A list head as store formats 2 and 3 wrote it, in each list's own family.
+pub fn decode_format3_list_head(value: &[u8]) -> Result<ListHead> {
+    read_list_head(&mut Reader(versioned(value, "user list head")?))
+}
+
+/// A list head as store formats 2 and 3 wrote it, for the upgrade path and its tests.
+pub fn encode_format3_list_head(h: &ListHead) -> Vec<u8> {
     let mut v = Vec::with_capacity(29);
     v.push(VALUE_V1);
     v.extend_from_slice(&h.count.to_le_bytes());
@@ -358,8 +405,7 @@ pub fn encode_list_head(h: &ListHead) -> Vec<u8> {
     v
 }
 
-pub fn decode_list_head(value: &[u8]) -> Result<ListHead> {
-    let mut r = Reader(versioned(value, "user list head")?);
+fn read_list_head(r: &mut Reader<'_>) -> Result<ListHead> {
     Ok(ListHead {
         count: r.u32()?,
         next_seq: u64::from_le_bytes(r.take()?),
@@ -925,7 +971,33 @@ mod tests {
             next_seq: 17,
             oldest: (-5, 9),
         };
-        assert_eq!(decode_list_head(&encode_list_head(&h)).unwrap(), h);
+        let heads = UserHeads {
+            history: h,
+            positives: ListHead {
+                count: 1,
+                next_seq: 2,
+                oldest: (4, 1),
+            },
+        };
+        assert_eq!(
+            decode_user_heads(&encode_user_heads(&heads)).unwrap(),
+            heads
+        );
+        // A format-3 head (one list's, v1) reads as a history without positives.
+        let old = encode_format3_list_head(&h);
+        assert_eq!(decode_format3_list_head(&old).unwrap(), h);
+        assert_eq!(
+            decode_user_heads(&old).unwrap(),
+            UserHeads {
+                history: h,
+                positives: ListHead::default()
+            }
+        );
+        assert!(decode_user_heads(&[3, 0]).is_err(), "unknown value version");
+        assert!(
+            decode_user_heads(&encode_user_heads(&heads)[..40]).is_err(),
+            "truncated"
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::schema::{IdEmbedding, Item, ItemEmbedding};
 pub use codec::{
     Codebooks, HistoryEntry, InterestCluster, ItemStats, ListHead, ListPosition, LogRow, ModelInfo,
-    TeacherTarget, UserInterests,
+    TeacherTarget, UserHeads, UserInterests,
 };
 pub use view::{SemanticIds, StoreView};
 
@@ -28,7 +28,10 @@ pub use view::{SemanticIds, StoreView};
 /// 3: every item-level write (embedding, semantic IDs, teacher targets) also writes the item's stamp
 /// ([`cf::ITEM_STAMPS`]), which lets lookups keep decoded items between requests; the upgrade stamps every
 /// embedded item.
-pub const FORMAT_VERSION: u32 = 3;
+/// 4: a user's two list heads are one value under the history's head key ([`UserHeads`]); `user_positives` holds
+/// entries only. Ingest rewrites both heads whenever an event is positive, so this is one key less per positive
+/// event, and one read instead of two for a user it has not cached. The upgrade moves each positives head.
+pub const FORMAT_VERSION: u32 = 4;
 const FORMAT_KEY: &[u8] = b"format_version";
 
 /// Column families, one per concern.
@@ -420,6 +423,9 @@ impl Store {
                     if found < 3 {
                         self.stamp_embedded_items()?;
                     }
+                    if found < 4 {
+                        self.merge_list_heads()?;
+                    }
                     self.db
                         .put_cf(meta, FORMAT_KEY, FORMAT_VERSION.to_be_bytes())
                         .map_err(|e| Error::rocks("writing format version", e))?;
@@ -455,7 +461,8 @@ impl Store {
                     break;
                 }
                 let user = codec::decode_id_key(&key)?;
-                batch.put_user_list(family, user, &codec::decode_history(&value)?)?;
+                // In format 2's layout: the format-4 step after this one merges the heads.
+                batch.put_format3_list(family, user, &codec::decode_history(&value)?)?;
                 batch.batch.delete_cf(handle, &key);
                 users += 1;
                 if users % 1_000 == 0 {
@@ -465,6 +472,44 @@ impl Store {
             batch.commit()?;
         }
         Ok(())
+    }
+
+    /// Format 3 -> 4: each user's positives head moves into the value under the history's head key. Users
+    /// without positives keep their format-3 head, which reads as a history without positives. Each user moves in
+    /// one batch, so an interrupted upgrade resumes with the users whose positives head is still in place.
+    fn merge_list_heads(&self) -> Result<()> {
+        let (histories, positives) = (self.cf(cf::USER_HISTORIES)?, self.cf(cf::USER_POSITIVES)?);
+        let mut batch = self.batch();
+        let mut users = 0;
+        for user in self.list_users(cf::USER_POSITIVES, usize::MAX)? {
+            let head_key = codec::list_head_key(&user);
+            let Some(raw) = self
+                .db
+                .get_cf(positives, &head_key)
+                .map_err(|e| Error::rocks("reading a format-3 positives head", e))?
+            else {
+                continue;
+            };
+            let history = match self
+                .db
+                .get_cf(histories, &head_key)
+                .map_err(|e| Error::rocks("reading a format-3 history head", e))?
+            {
+                Some(raw) => codec::decode_format3_list_head(&raw)?,
+                None => ListHead::default(),
+            };
+            let heads = UserHeads {
+                history,
+                positives: codec::decode_format3_list_head(&raw)?,
+            };
+            batch.put_user_heads(&user, &heads)?;
+            batch.batch.delete_cf(positives, &head_key);
+            users += 1;
+            if users % 1_000 == 0 {
+                std::mem::replace(&mut batch, self.batch()).commit()?;
+            }
+        }
+        batch.commit()
     }
 
     /// Format 2 -> 3: a stamp for every item with an embedding (later writes stamp as they go). Idempotent, so
@@ -607,10 +652,10 @@ impl Store {
         })
     }
 
-    /// The head of a user's list in `family` (user_histories or user_positives), if the user has one.
-    pub fn list_head(&self, family: &str, user_id: &str) -> Result<Option<ListHead>> {
-        self.get(family, &codec::list_head_key(user_id))?
-            .map(|v| codec::decode_list_head(&v))
+    /// The heads of a user's two lists, if the user has any.
+    pub fn user_heads(&self, user_id: &str) -> Result<Option<UserHeads>> {
+        self.get(cf::USER_HISTORIES, &codec::list_head_key(user_id))?
+            .map(|v| codec::decode_user_heads(&v))
             .transpose()
     }
 
@@ -639,12 +684,21 @@ impl Store {
         user_id: &str,
         opts: impl Fn() -> ReadOptions,
     ) -> Result<Vec<HistoryEntry>> {
-        let head = self
+        let heads = self
             .db
-            .get_pinned_cf_opt(self.cf(family)?, codec::list_head_key(user_id), &opts())
-            .map_err(|e| Error::rocks(format!("get from {family}"), e))?;
-        let Some(head) = head.map(|v| codec::decode_list_head(&v)).transpose()? else {
+            .get_pinned_cf_opt(
+                self.cf(cf::USER_HISTORIES)?,
+                codec::list_head_key(user_id),
+                &opts(),
+            )
+            .map_err(|e| Error::rocks("get from user_histories", e))?;
+        let Some(heads) = heads.map(|v| codec::decode_user_heads(&v)).transpose()? else {
             return Ok(Vec::new());
+        };
+        let head = if family == cf::USER_POSITIVES {
+            heads.positives
+        } else {
+            heads.history
         };
         let mut out = Vec::with_capacity(head.count as usize);
         self.scan_list(
@@ -712,7 +766,7 @@ impl Store {
                         break;
                     }
                 }
-                (_, None) => break, // the head sorts before every entry
+                (_, None) => break, // the heads (user_histories only) sort before every entry
             }
         }
         Ok(())
@@ -1021,6 +1075,21 @@ impl Store {
             .map_err(|e| Error::rocks(format!("checkpoint to {}", dest.display()), e))
     }
 
+    /// Writes a user's lists the way store formats 2 and 3 did (each list's head in its own family), for tests of
+    /// the in-place upgrade.
+    #[doc(hidden)]
+    pub fn write_format3_lists(
+        &self,
+        user_id: &str,
+        history: &[HistoryEntry],
+        positives: &[HistoryEntry],
+    ) -> Result<()> {
+        let mut batch = self.batch();
+        batch.put_format3_list(cf::USER_HISTORIES, user_id, history)?;
+        batch.put_format3_list(cf::USER_POSITIVES, user_id, positives)?;
+        batch.commit()
+    }
+
     /// Writes a user list the way store format 1 did (one value per user), for tests of the in-place upgrade.
     #[doc(hidden)]
     pub fn write_format1_list(
@@ -1159,22 +1228,32 @@ impl StateBatch<'_> {
         self.put(cf::ITEM_USERS, key, &[codec::VALUE_V1])
     }
 
-    /// Replaces a user's whole history with `entries` (oldest first). Ingest appends entry by entry instead.
-    pub fn put_user_history(&mut self, user_id: &str, entries: &[HistoryEntry]) -> Result<()> {
-        self.put_user_list(cf::USER_HISTORIES, user_id, entries)
+    /// Replaces a user's two lists with `history` and `positives` (each oldest first; positives are normally
+    /// also in the history). Ingest appends entry by entry instead.
+    pub fn put_user_lists(
+        &mut self,
+        user_id: &str,
+        history: &[HistoryEntry],
+        positives: &[HistoryEntry],
+    ) -> Result<()> {
+        let heads = UserHeads {
+            history: self.replace_list_entries(cf::USER_HISTORIES, user_id, history)?,
+            positives: self.replace_list_entries(cf::USER_POSITIVES, user_id, positives)?,
+        };
+        if heads != UserHeads::default() {
+            self.put_user_heads(user_id, &heads)?;
+        }
+        Ok(())
     }
 
-    /// Replaces a user's whole positives list with `entries` (oldest first).
-    pub fn put_user_positives(&mut self, user_id: &str, entries: &[HistoryEntry]) -> Result<()> {
-        self.put_user_list(cf::USER_POSITIVES, user_id, entries)
-    }
-
-    fn put_user_list(
+    /// Deletes every key of a user's list in `family` (its format-3 head too) and writes `entries` in their
+    /// place, returning their head.
+    fn replace_list_entries(
         &mut self,
         family: &str,
         user_id: &str,
         entries: &[HistoryEntry],
-    ) -> Result<()> {
+    ) -> Result<ListHead> {
         let handle = self.store.cf(family)?;
         self.batch.delete_range_cf(
             handle,
@@ -1191,17 +1270,33 @@ impl StateBatch<'_> {
             head.count += 1;
             head.next_seq += 1;
         }
+        Ok(head)
+    }
+
+    /// A list in the layout of store formats 2 and 3 (its head in its own family), for the format-1 upgrade,
+    /// which hands over to the format-4 one.
+    fn put_format3_list(
+        &mut self,
+        family: &str,
+        user_id: &str,
+        entries: &[HistoryEntry],
+    ) -> Result<()> {
+        let head = self.replace_list_entries(family, user_id, entries)?;
         if head.count > 0 {
-            self.put_list_head(family, user_id, &head)?;
+            self.put(
+                family,
+                &codec::list_head_key(user_id),
+                &codec::encode_format3_list_head(&head),
+            )?;
         }
         Ok(())
     }
 
-    pub fn put_list_head(&mut self, family: &str, user_id: &str, head: &ListHead) -> Result<()> {
+    pub fn put_user_heads(&mut self, user_id: &str, heads: &UserHeads) -> Result<()> {
         self.put(
-            family,
+            cf::USER_HISTORIES,
             &codec::list_head_key(user_id),
-            &codec::encode_list_head(head),
+            &codec::encode_user_heads(heads),
         )
     }
 
