@@ -137,16 +137,21 @@ fn cf_options(name: &str, cache: &rocksdb::Cache) -> Options {
     let mut opts = db_options();
     let mut table = rocksdb::BlockBasedOptions::default();
     table.set_block_cache(cache);
-    if name != cf::META && name != cf::OFFSETS {
+    // Families that are only ever scanned (list entries, work queues) get no bloom filters: nothing would
+    // consult them, and building them costs every insert a hash and every flush and compaction a filter.
+    let scanned_only = SCANNED_ONLY.contains(&name);
+    if name != cf::META && name != cf::OFFSETS && !scanned_only {
         // Point lookups dominate (serving, read-modify-write in ingest): bloom filters save disk reads.
         table.set_bloom_filter(10.0, false);
     }
     opts.set_block_based_table_factory(&table);
-    // A whole-key bloom filter per memtable: most lookups ingest makes (has this user touched this item? this
-    // item's counters from this partition?) miss the newest memtables, and without a filter each miss walks
-    // the skiplist (cache misses all the way: 40% of replay time in a profile before this was set).
-    opts.set_memtable_prefix_bloom_ratio(0.02);
-    opts.set_memtable_whole_key_filtering(true);
+    if !scanned_only {
+        // A whole-key bloom filter per memtable: most lookups ingest makes (has this user touched this item?
+        // this item's counters from this partition?) miss the newest memtables, and without a filter each miss
+        // walks the skiplist (cache misses all the way: 40% of replay time in a profile before this was set).
+        opts.set_memtable_prefix_bloom_ratio(0.02);
+        opts.set_memtable_whole_key_filtering(true);
+    }
     // Small memtables, flushed several at a time. Ingest inserts ~5 keys per event at random places in each
     // family's skiplist; in RocksDB's default 64 MiB memtable every insert walks nodes that are no longer in
     // the CPU cache (the splice search was a quarter of replay time), while the active memtables of all
@@ -170,6 +175,15 @@ fn cf_options(name: &str, cache: &rocksdb::Cache) -> Options {
     opts.set_max_write_buffer_number(most);
     opts
 }
+
+/// Families read only by iterators, never by key: user positives (entries only since format 4; their heads are
+/// in `user_histories`) and the work queues.
+const SCANNED_ONLY: [&str; 4] = [
+    cf::USER_POSITIVES,
+    cf::INTERESTS_PENDING,
+    cf::EMBED_PENDING,
+    cf::LOG_PENDING,
+];
 
 const LOG_MEMTABLE_BYTES: usize = 64 << 20;
 
