@@ -10,9 +10,9 @@
 //! | `meta`           | "model" · 00 · name · 00 · version         | 01 · JSON of [`ModelInfo`]                    |
 //! | `offsets`        | 01 · topic · 00 · partition i32 BE         | 01 · next offset i64 LE                       |
 //! | `items`          | 01 · item_id                               | 01 · JSON of [`Item`]                         |
-//! | `item_stats`     | 01 · item_id · 00 · stream · 00 · part i32 BE | 01 · [`ItemStats`] (5 × 8 bytes), one partial per source partition |
+//! | `item_stats`     | 01 · item_id · 00 · stream · 00 · part i32 BE | 02 · [`ItemStats`] as varints: events · positives · distinct_users · first_ts (zigzag) · last_ts − first_ts (zigzag), one partial per source partition (01 · 5 × 8 bytes LE: format 3, still read) |
 //! | `item_users`     | 01 · item_id · 00 · user_id                | 01 (presence: the user has an event on it)    |
-//! | `user_histories` | 02 · user_id · 00                          | 02 · [`UserHeads`]: the history's [`ListHead`], then the positives' (each count u32 · next_seq u64 · oldest (ts i64 · seq u64)); 01 · the history's head alone (format 3: no positives) |
+//! | `user_histories` | 02 · user_id · 00                          | 02 · [`UserHeads`]: the history's [`ListHead`], then the positives' (each as varints: count · next_seq · oldest ts (zigzag) · oldest seq); 01 · the history's head alone (format 3: no positives) |
 //! | `user_histories` | 02 · user_id · 00 · ts (sign-flipped) u64 BE · seq u64 BE | 01 · one [`HistoryEntry`] (ts i64 · dwell u32 · rating f32 · action u8 · item id u16-len str) |
 //! | `user_positives` | as `user_histories`' entries (no head: it is in `user_histories`) | as `user_histories`' entries |
 //! | `id_embeddings`  | 01 · item_id · 00 · space                  | 01 · version u64 · ts i64 · dim u32 · f32 × dim |
@@ -27,7 +27,10 @@
 //! | `job_state`      | ascii name                                 | 01 · u64 LE (counters)                        |
 //! | `item_stamps`    | 01 · item_id                               | 01 · u64 LE (changes with every write to the item's embedding, semantic IDs or teacher targets) |
 //!
-//! Ids are printable ASCII (no 0x00), so 0x00 is a safe separator.
+//! Ids are printable ASCII (no 0x00), so 0x00 is a safe separator. Varints are LEB128 (7 bits a byte, low
+//! first); zigzag maps signed to unsigned (0, -1, 1, -2, ... to 0, 1, 2, 3, ...). The values ingest rewrites
+//! with every event (list heads, item counters) use them: a third of the bytes of fixed-width fields, and those
+//! bytes go through the WAL, the memtables, every flush and every compaction.
 
 use crate::error::{Error, Result};
 use crate::schema::{Action, IdEmbedding, Item, ItemEmbedding};
@@ -206,17 +209,32 @@ pub struct ItemStats {
 }
 
 pub fn encode_stats(s: &ItemStats) -> Vec<u8> {
-    let mut v = Vec::with_capacity(41);
-    v.push(VALUE_V1);
-    v.extend_from_slice(&s.events.to_le_bytes());
-    v.extend_from_slice(&s.positives.to_le_bytes());
-    v.extend_from_slice(&s.distinct_users.to_le_bytes());
-    v.extend_from_slice(&s.first_ts.to_le_bytes());
-    v.extend_from_slice(&s.last_ts.to_le_bytes());
+    let mut v = Vec::with_capacity(24);
+    v.push(VALUE_V2);
+    put_varint(&mut v, s.events);
+    put_varint(&mut v, s.positives);
+    put_varint(&mut v, s.distinct_users);
+    put_varint(&mut v, zigzag(s.first_ts));
+    put_varint(&mut v, zigzag(s.last_ts.wrapping_sub(s.first_ts)));
     v
 }
 
+/// Item stats as varints (v2), or as format 3 wrote them (v1, fixed width).
 pub fn decode_stats(value: &[u8]) -> Result<ItemStats> {
+    if let Some((&VALUE_V2, rest)) = value.split_first() {
+        let mut r = Reader(rest);
+        let (events, positives, distinct_users) = (r.varint()?, r.varint()?, r.varint()?);
+        let first_ts = unzigzag(r.varint()?);
+        let last_ts = first_ts.wrapping_add(unzigzag(r.varint()?));
+        r.end("item stats")?;
+        return Ok(ItemStats {
+            events,
+            positives,
+            distinct_users,
+            first_ts,
+            last_ts,
+        });
+    }
     let b = versioned(value, "item stats")?;
     if b.len() != 40 {
         return Err(corrupt("item stats length"));
@@ -360,13 +378,13 @@ pub fn decode_list_key(key: &[u8]) -> Result<(&str, Option<ListPosition>)> {
 }
 
 pub fn encode_user_heads(h: &UserHeads) -> Vec<u8> {
-    let mut v = Vec::with_capacity(57);
+    let mut v = Vec::with_capacity(32);
     v.push(VALUE_V2);
     for head in [&h.history, &h.positives] {
-        v.extend_from_slice(&head.count.to_le_bytes());
-        v.extend_from_slice(&head.next_seq.to_le_bytes());
-        v.extend_from_slice(&head.oldest.0.to_le_bytes());
-        v.extend_from_slice(&head.oldest.1.to_le_bytes());
+        put_varint(&mut v, head.count.into());
+        put_varint(&mut v, head.next_seq);
+        put_varint(&mut v, zigzag(head.oldest.0));
+        put_varint(&mut v, head.oldest.1);
     }
     v
 }
@@ -377,10 +395,20 @@ pub fn decode_user_heads(value: &[u8]) -> Result<UserHeads> {
     match value.split_first() {
         Some((&VALUE_V2, rest)) => {
             let mut r = Reader(rest);
-            Ok(UserHeads {
-                history: read_list_head(&mut r)?,
-                positives: read_list_head(&mut r)?,
-            })
+            let mut head = || -> Result<ListHead> {
+                Ok(ListHead {
+                    count: u32::try_from(r.varint()?)
+                        .map_err(|_| corrupt("user list head: count"))?,
+                    next_seq: r.varint()?,
+                    oldest: (unzigzag(r.varint()?), r.varint()?),
+                })
+            };
+            let heads = UserHeads {
+                history: head()?,
+                positives: head()?,
+            };
+            r.end("user list heads")?;
+            Ok(heads)
         }
         _ => Ok(UserHeads {
             history: decode_format3_list_head(value)?,
@@ -391,7 +419,12 @@ pub fn decode_user_heads(value: &[u8]) -> Result<UserHeads> {
 
 /// A list head as store formats 2 and 3 wrote it, in each list's own family.
 pub fn decode_format3_list_head(value: &[u8]) -> Result<ListHead> {
-    read_list_head(&mut Reader(versioned(value, "user list head")?))
+    let mut r = Reader(versioned(value, "user list head")?);
+    Ok(ListHead {
+        count: r.u32()?,
+        next_seq: u64::from_le_bytes(r.take()?),
+        oldest: (i64::from_le_bytes(r.take()?), u64::from_le_bytes(r.take()?)),
+    })
 }
 
 /// A list head as store formats 2 and 3 wrote it, for the upgrade path and its tests.
@@ -403,14 +436,6 @@ pub fn encode_format3_list_head(h: &ListHead) -> Vec<u8> {
     v.extend_from_slice(&h.oldest.0.to_le_bytes());
     v.extend_from_slice(&h.oldest.1.to_le_bytes());
     v
-}
-
-fn read_list_head(r: &mut Reader<'_>) -> Result<ListHead> {
-    Ok(ListHead {
-        count: r.u32()?,
-        next_seq: u64::from_le_bytes(r.take()?),
-        oldest: (i64::from_le_bytes(r.take()?), u64::from_le_bytes(r.take()?)),
-    })
 }
 
 pub fn encode_list_entry(e: &HistoryEntry) -> Vec<u8> {
@@ -817,6 +842,22 @@ fn versioned<'a>(value: &'a [u8], what: &str) -> Result<&'a [u8]> {
     }
 }
 
+fn put_varint(v: &mut Vec<u8>, mut x: u64) {
+    while x >= 0x80 {
+        v.push(x as u8 | 0x80);
+        x >>= 7;
+    }
+    v.push(x as u8);
+}
+
+fn zigzag(x: i64) -> u64 {
+    ((x << 1) ^ (x >> 63)) as u64
+}
+
+fn unzigzag(x: u64) -> i64 {
+    (x >> 1) as i64 ^ -((x & 1) as i64)
+}
+
 fn corrupt(context: &str) -> Error {
     Error::StoreCorrupt {
         context: context.to_string(),
@@ -839,6 +880,30 @@ impl<'a> Reader<'a> {
     }
     fn u32(&mut self) -> Result<u32> {
         Ok(u32::from_le_bytes(self.take()?))
+    }
+    /// A LEB128 varint of at most 10 bytes whose value fits in 64 bits.
+    fn varint(&mut self) -> Result<u64> {
+        let mut x = 0u64;
+        for i in 0..10 {
+            let [b] = self.take::<1>()?;
+            let bits = u64::from(b & 0x7f);
+            if i == 9 && bits > 1 {
+                return Err(corrupt("varint overflows 64 bits"));
+            }
+            x |= bits << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(x);
+            }
+        }
+        Err(corrupt("varint longer than 10 bytes"))
+    }
+    /// Fails when bytes are left over: a value longer than its layout is not the value this build expects.
+    fn end(&self, what: &str) -> Result<()> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(corrupt(&format!("{what}: {} trailing bytes", self.0.len())))
+        }
     }
     /// `n` little-endian f32s (the layout [`put_f32s`] writes).
     fn f32s(&mut self, n: usize) -> Result<Vec<f32>> {
@@ -994,10 +1059,98 @@ mod tests {
             }
         );
         assert!(decode_user_heads(&[3, 0]).is_err(), "unknown value version");
+        let extreme = UserHeads {
+            history: ListHead {
+                count: u32::MAX,
+                next_seq: u64::MAX,
+                oldest: (i64::MIN, u64::MAX),
+            },
+            positives: ListHead::default(),
+        };
+        assert_eq!(
+            decode_user_heads(&encode_user_heads(&extreme)).unwrap(),
+            extreme
+        );
+        let mut trailing = encode_user_heads(&heads);
+        trailing.push(1);
+        assert!(decode_user_heads(&trailing).is_err(), "trailing bytes");
         assert!(
-            decode_user_heads(&encode_user_heads(&heads)[..40]).is_err(),
+            decode_user_heads(&encode_user_heads(&heads)[..8]).is_err(),
             "truncated"
         );
+    }
+
+    #[test]
+    fn varints_round_trip_at_the_extremes_and_refuse_bad_bytes() {
+        for x in [0, 1, 127, 128, 300, u32::MAX as u64, u64::MAX - 1, u64::MAX] {
+            let mut v = Vec::new();
+            put_varint(&mut v, x);
+            assert!(v.len() <= 10);
+            let mut r = Reader(&v);
+            assert_eq!(r.varint().unwrap(), x);
+            r.end("varint").unwrap();
+        }
+        for x in [
+            0,
+            1,
+            -1,
+            1_750_000_000_000,
+            -1_750_000_000_000,
+            i64::MIN,
+            i64::MAX,
+        ] {
+            assert_eq!(unzigzag(zigzag(x)), x);
+        }
+        assert_eq!(zigzag(-1), 1, "small negatives stay small");
+        assert!(Reader(&[0x80]).varint().is_err(), "truncated");
+        assert!(Reader(&[0xff; 11]).varint().is_err(), "too long");
+        let mut over = vec![0xff; 9];
+        over.push(0x02);
+        assert!(Reader(&over).varint().is_err(), "more than 64 bits");
+    }
+
+    #[test]
+    fn item_stats_round_trip_compactly_and_format_3_values_still_read() {
+        let typical = ItemStats {
+            events: 1_234,
+            positives: 56,
+            distinct_users: 789,
+            first_ts: 1_750_000_000_000,
+            last_ts: 1_750_000_600_000,
+        };
+        let extreme = ItemStats {
+            events: u64::MAX,
+            positives: 0,
+            distinct_users: u64::MAX,
+            first_ts: i64::MAX,
+            last_ts: i64::MIN,
+        };
+        for s in [typical, extreme, ItemStats::default()] {
+            assert_eq!(decode_stats(&encode_stats(&s)).unwrap(), s);
+        }
+        assert!(
+            encode_stats(&typical).len() <= 16,
+            "{:?}",
+            encode_stats(&typical)
+        );
+        let mut v1 = vec![VALUE_V1];
+        for word in [3u64, 1, 2, 5, 9] {
+            v1.extend_from_slice(&word.to_le_bytes());
+        }
+        assert_eq!(
+            decode_stats(&v1).unwrap(),
+            ItemStats {
+                events: 3,
+                positives: 1,
+                distinct_users: 2,
+                first_ts: 5,
+                last_ts: 9
+            }
+        );
+        let mut trailing = encode_stats(&typical);
+        trailing.push(0);
+        assert!(decode_stats(&trailing).is_err());
+        assert!(decode_stats(&encode_stats(&typical)[..4]).is_err());
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub use view::{SemanticIds, StoreView};
 /// 4: a user's two list heads are one value under the history's head key ([`UserHeads`]); `user_positives` holds
 /// entries only. Ingest rewrites both heads whenever an event is positive, so this is one key less per positive
 /// event, and one read instead of two for a user it has not cached. The upgrade moves each positives head.
+/// Heads and item counters are written as varints (value v2; v1 counters still read), so that the values ingest
+/// rewrites with every event are a third of their fixed-width size.
 pub const FORMAT_VERSION: u32 = 4;
 const FORMAT_KEY: &[u8] = b"format_version";
 
