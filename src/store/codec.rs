@@ -13,7 +13,7 @@
 //! | `item_stats`     | 01 · item_id · 00 · stream · 00 · part i32 BE | 02 · [`ItemStats`] as varints: events · positives · distinct_users · first_ts (zigzag) · last_ts − first_ts (zigzag), one partial per source partition (01 · 5 × 8 bytes LE: format 3, still read) |
 //! | `item_users`     | 01 · item_id · 00 · user_id                | 01 (presence: the user has an event on it)    |
 //! | `user_histories` | 02 · user_id · 00                          | 02 · [`UserHeads`]: the history's [`ListHead`], then the positives' (each as varints: count · next_seq · oldest ts (zigzag) · oldest seq); 01 · the history's head alone (format 3: no positives) |
-//! | `user_histories` | 02 · user_id · 00 · ts (sign-flipped) u64 BE · seq u64 BE | 01 · one [`HistoryEntry`] (ts i64 · dwell u32 · rating f32 · action u8 · item id u16-len str) |
+//! | `user_histories` | 02 · user_id · 00 · ts (sign-flipped) u64 BE · seq u64 BE | 02 · one [`HistoryEntry`] without its ts (the key has it): action code u8 (+ 0x80 when rated) · dwell_ms varint · [rating f32] · item id (the rest); 01 · ts i64 · dwell u32 · rating f32 (NaN: none) · action u8 · item id u16-len str (format 3, still read) |
 //! | `user_positives` | as `user_histories`' entries (no head: it is in `user_histories`) | as `user_histories`' entries |
 //! | `id_embeddings`  | 01 · item_id · 00 · space                  | 01 · version u64 · ts i64 · dim u32 · f32 × dim |
 //! | `item_embeddings`| 01 · item_id                               | 01 · model str · model_version str · item_version u64 · ts i64 · dim u32 · f32 × dim (str = u32 len · bytes) |
@@ -438,15 +438,55 @@ pub fn encode_format3_list_head(h: &ListHead) -> Vec<u8> {
     v
 }
 
+/// Set on a v2 list entry's action byte when a rating follows.
+const RATED: u8 = 0x80;
+
+/// One list entry (v2): its ts is in its key ([`list_entry_key`]), so the value does not repeat it.
 pub fn encode_list_entry(e: &HistoryEntry) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + e.item_id.len());
+    v.push(VALUE_V2);
+    v.push(e.action.code() | if e.rating.is_some() { RATED } else { 0 });
+    put_varint(&mut v, e.dwell_ms.into());
+    if let Some(rating) = e.rating {
+        v.extend_from_slice(&rating.to_le_bytes());
+    }
+    v.extend_from_slice(e.item_id.as_bytes());
+    v
+}
+
+/// The entry at position `at` of a list (from its key, [`decode_list_key`]), v2 or as format 3 wrote it (v1).
+pub fn decode_list_entry(at: ListPosition, value: &[u8]) -> Result<HistoryEntry> {
+    let Some((&VALUE_V2, rest)) = value.split_first() else {
+        return read_history_entry(&mut Reader(versioned(value, "user list entry")?));
+    };
+    let mut r = Reader(rest);
+    let [flags] = r.take()?;
+    let action =
+        Action::from_code(flags & !RATED).ok_or_else(|| corrupt("list entry action code"))?;
+    let dwell_ms = u32::try_from(r.varint()?).map_err(|_| corrupt("list entry dwell"))?;
+    let rating = if flags & RATED != 0 {
+        Some(f32::from_le_bytes(r.take()?))
+    } else {
+        None
+    };
+    let item_id = std::str::from_utf8(r.0)
+        .map_err(|_| corrupt("list entry item id"))?
+        .to_string();
+    Ok(HistoryEntry {
+        item_id,
+        action,
+        ts: at.0,
+        dwell_ms,
+        rating,
+    })
+}
+
+/// A list entry as store format 3 wrote it, for tests of reading such stores.
+pub fn encode_format3_list_entry(e: &HistoryEntry) -> Vec<u8> {
     let mut v = Vec::with_capacity(20 + e.item_id.len());
     v.push(VALUE_V1);
     put_history_entry(&mut v, e);
     v
-}
-
-pub fn decode_list_entry(value: &[u8]) -> Result<HistoryEntry> {
-    read_history_entry(&mut Reader(versioned(value, "user list entry")?))
 }
 
 pub fn encode_id_embedding(e: &IdEmbedding) -> Vec<u8> {
@@ -1004,8 +1044,37 @@ mod tests {
         ];
         assert_eq!(decode_history(&encode_history(&h)).unwrap(), h);
         for e in &h {
-            assert_eq!(&decode_list_entry(&encode_list_entry(e)).unwrap(), e);
+            let at = (e.ts, 7);
+            let v2 = encode_list_entry(e);
+            assert_eq!(&decode_list_entry(at, &v2).unwrap(), e);
+            assert!(v2.len() <= 3 + e.item_id.len() + 4 * e.rating.is_some() as usize);
+            // Format 3's entries (v1) still read.
+            assert_eq!(
+                &decode_list_entry(at, &encode_format3_list_entry(e)).unwrap(),
+                e
+            );
         }
+        let long_dwell = HistoryEntry {
+            dwell_ms: u32::MAX,
+            ..h[0].clone()
+        };
+        let at = (long_dwell.ts, 0);
+        assert_eq!(
+            decode_list_entry(at, &encode_list_entry(&long_dwell)).unwrap(),
+            long_dwell
+        );
+        assert!(
+            decode_list_entry(at, &[VALUE_V2, 0x7f, 0]).is_err(),
+            "unknown action"
+        );
+        assert!(
+            decode_list_entry(at, &[VALUE_V2, RATED, 0, 1]).is_err(),
+            "truncated rating"
+        );
+        assert!(
+            decode_list_entry(at, &[VALUE_V2, 0, 0, 0xff]).is_err(),
+            "item id not UTF-8"
+        );
     }
 
     #[test]

@@ -32,7 +32,8 @@ pub use view::{SemanticIds, StoreView};
 /// entries only. Ingest rewrites both heads whenever an event is positive, so this is one key less per positive
 /// event, and one read instead of two for a user it has not cached. The upgrade moves each positives head.
 /// Heads and item counters are written as varints (value v2; v1 counters still read), so that the values ingest
-/// rewrites with every event are a third of their fixed-width size.
+/// rewrites with every event are a third of their fixed-width size, and list entries (v2; v1 still read) no
+/// longer repeat the ts their key holds.
 pub const FORMAT_VERSION: u32 = 4;
 const FORMAT_KEY: &[u8] = b"format_version";
 
@@ -477,8 +478,9 @@ impl Store {
                     break;
                 }
                 let user = codec::decode_id_key(&key)?;
-                // In format 2's layout: the format-4 step after this one merges the heads.
-                batch.put_format3_list(family, user, &codec::decode_history(&value)?)?;
+                // Heads in format 2's layout (entries already as today): the format-4 step merges them.
+                let entries = codec::decode_history(&value)?;
+                batch.put_format3_list(family, user, &entries, codec::encode_list_entry)?;
                 batch.batch.delete_cf(handle, &key);
                 users += 1;
                 if users % 1_000 == 0 {
@@ -723,8 +725,12 @@ impl Store {
             &head,
             head.count as usize,
             opts(),
-            |_, v| {
-                out.push(codec::decode_list_entry(v)?);
+            |k, v| {
+                let (_, at) = codec::decode_list_key(k)?;
+                let at = at.ok_or_else(|| Error::StoreCorrupt {
+                    context: format!("{family}: a list head among {user_id}'s entries"),
+                })?;
+                out.push(codec::decode_list_entry(at, v)?);
                 Ok(())
             },
         )?;
@@ -777,8 +783,8 @@ impl Store {
             // Bounded by the head key below and the end key above: every key is this user's.
             let (k, v) = entry.map_err(|e| Error::rocks(format!("scanning {family}"), e))?;
             match codec::decode_list_key(&k)? {
-                (_, Some(_)) => {
-                    if !visit(codec::decode_list_entry(&v)?) {
+                (_, Some(at)) => {
+                    if !visit(codec::decode_list_entry(at, &v)?) {
                         break;
                     }
                 }
@@ -1091,8 +1097,8 @@ impl Store {
             .map_err(|e| Error::rocks(format!("checkpoint to {}", dest.display()), e))
     }
 
-    /// Writes a user's lists the way store formats 2 and 3 did (each list's head in its own family), for tests of
-    /// the in-place upgrade.
+    /// Writes a user's lists the way store formats 2 and 3 did (each list's head in its own family, entries as
+    /// value v1), for tests of the in-place upgrade.
     #[doc(hidden)]
     pub fn write_format3_lists(
         &self,
@@ -1101,8 +1107,9 @@ impl Store {
         positives: &[HistoryEntry],
     ) -> Result<()> {
         let mut batch = self.batch();
-        batch.put_format3_list(cf::USER_HISTORIES, user_id, history)?;
-        batch.put_format3_list(cf::USER_POSITIVES, user_id, positives)?;
+        let v1 = codec::encode_format3_list_entry;
+        batch.put_format3_list(cf::USER_HISTORIES, user_id, history, v1)?;
+        batch.put_format3_list(cf::USER_POSITIVES, user_id, positives, v1)?;
         batch.commit()
     }
 
@@ -1253,8 +1260,18 @@ impl StateBatch<'_> {
         positives: &[HistoryEntry],
     ) -> Result<()> {
         let heads = UserHeads {
-            history: self.replace_list_entries(cf::USER_HISTORIES, user_id, history)?,
-            positives: self.replace_list_entries(cf::USER_POSITIVES, user_id, positives)?,
+            history: self.replace_list_entries(
+                cf::USER_HISTORIES,
+                user_id,
+                history,
+                codec::encode_list_entry,
+            )?,
+            positives: self.replace_list_entries(
+                cf::USER_POSITIVES,
+                user_id,
+                positives,
+                codec::encode_list_entry,
+            )?,
         };
         if heads != UserHeads::default() {
             self.put_user_heads(user_id, &heads)?;
@@ -1263,12 +1280,13 @@ impl StateBatch<'_> {
     }
 
     /// Deletes every key of a user's list in `family` (its format-3 head too) and writes `entries` in their
-    /// place, returning their head.
+    /// place, each value made by `encode`, returning their head.
     fn replace_list_entries(
         &mut self,
         family: &str,
         user_id: &str,
         entries: &[HistoryEntry],
+        encode: fn(&HistoryEntry) -> Vec<u8>,
     ) -> Result<ListHead> {
         let handle = self.store.cf(family)?;
         self.batch.delete_range_cf(
@@ -1282,22 +1300,23 @@ impl StateBatch<'_> {
             if head.count == 0 || at < head.oldest {
                 head.oldest = at;
             }
-            self.put_list_entry(family, user_id, at, e)?;
+            self.put(family, &codec::list_entry_key(user_id, at), &encode(e))?;
             head.count += 1;
             head.next_seq += 1;
         }
         Ok(head)
     }
 
-    /// A list in the layout of store formats 2 and 3 (its head in its own family), for the format-1 upgrade,
-    /// which hands over to the format-4 one.
+    /// A list with its head in its own family, as store formats 2 and 3 kept it, for the format-1 upgrade
+    /// (which hands over to the format-4 one) and tests; `encode` makes the entries' values.
     fn put_format3_list(
         &mut self,
         family: &str,
         user_id: &str,
         entries: &[HistoryEntry],
+        encode: fn(&HistoryEntry) -> Vec<u8>,
     ) -> Result<()> {
-        let head = self.replace_list_entries(family, user_id, entries)?;
+        let head = self.replace_list_entries(family, user_id, entries, encode)?;
         if head.count > 0 {
             self.put(
                 family,
