@@ -199,6 +199,12 @@ fn a_format_3_store_gets_merged_list_heads_from_a_writer() {
             .write_format3_lists("u1", &history, &positives)
             .unwrap();
         store.write_format3_lists("u2", &history[..1], &[]).unwrap();
+        // More users than one upgrade batch holds (1,000), so that the upgrade commits several.
+        for n in 0..1_500 {
+            store
+                .write_format3_lists(&format!("v{n:04}"), &history[1..], &positives[..1])
+                .unwrap();
+        }
         store.force_format_version(3).unwrap();
     }
     for err in [
@@ -230,13 +236,24 @@ fn a_format_3_store_gets_merged_list_heads_from_a_writer() {
     );
     let u2 = store.user_heads("u2").unwrap().unwrap();
     assert_eq!((u2.history.count, u2.positives.count), (1, 0), "{u2:?}");
-    assert_eq!(count(&store, cf::USER_POSITIVES), 2, "entries only");
+    for user in ["v0000", "v0999", "v1000", "v1499"] {
+        assert_eq!(store.user_history(user).unwrap(), history[1..], "{user}");
+        assert_eq!(
+            store.user_positives(user).unwrap(),
+            positives[..1],
+            "{user}"
+        );
+    }
+    assert_eq!(count(&store, cf::USER_POSITIVES), 2 + 1_500, "entries only");
     assert_eq!(
         count(&store, cf::USER_HISTORIES),
-        2 + 4,
-        "two heads, four entries"
+        (2 + 4) + 1_500 * 3,
+        "a head and the entries of each user"
     );
-    assert_eq!(store.list_users(cf::USER_POSITIVES, 10).unwrap(), ["u1"]);
+    assert_eq!(
+        store.list_users(cf::USER_POSITIVES, 2).unwrap(),
+        ["u1", "v0000"]
+    );
     drop(store);
     let reader = Store::open_read_only(dir.path()).unwrap();
     assert_eq!(reader.user_positives("u1").unwrap(), positives);

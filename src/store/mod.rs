@@ -504,15 +504,23 @@ impl Store {
         let (histories, positives) = (self.cf(cf::USER_HISTORIES)?, self.cf(cf::USER_POSITIVES)?);
         let mut batch = self.batch();
         let mut users = 0;
-        for user in self.list_users(cf::USER_POSITIVES, usize::MAX)? {
-            let head_key = codec::list_head_key(&user);
-            let Some(raw) = self
-                .db
-                .get_cf(positives, &head_key)
-                .map_err(|e| Error::rocks("reading a format-3 positives head", e))?
-            else {
+        // A head sorts first among its user's keys; the walk seeks from user to user, one at a time (no list of
+        // every user in memory), on the iterator's implicit snapshot, which the batches below do not disturb.
+        let mut iter = self.db.raw_iterator_cf(positives);
+        iter.seek([codec::KEY_V2]);
+        while iter.valid() {
+            let Some(key) = iter.key() else { break };
+            let (user, at) = codec::decode_list_key(key)?;
+            let user = user.to_string();
+            let raw = match at {
+                None => iter.value().map(<[u8]>::to_vec),
+                Some(_) => None,
+            };
+            iter.seek(codec::list_end_key(&user));
+            let Some(raw) = raw else {
                 continue;
             };
+            let head_key = codec::list_head_key(&user);
             let history = match self
                 .db
                 .get_cf(histories, &head_key)
@@ -532,6 +540,8 @@ impl Store {
                 std::mem::replace(&mut batch, self.batch()).commit()?;
             }
         }
+        iter.status()
+            .map_err(|e| Error::rocks("scanning format-3 positives", e))?;
         batch.commit()
     }
 
