@@ -504,23 +504,13 @@ impl Store {
         let (histories, positives) = (self.cf(cf::USER_HISTORIES)?, self.cf(cf::USER_POSITIVES)?);
         let mut batch = self.batch();
         let mut users = 0;
-        // A head sorts first among its user's keys; the walk seeks from user to user, one at a time (no list of
-        // every user in memory), on the iterator's implicit snapshot, which the batches below do not disturb.
-        let mut iter = self.db.raw_iterator_cf(positives);
-        iter.seek([codec::KEY_V2]);
-        while iter.valid() {
-            let Some(key) = iter.key() else { break };
-            let (user, at) = codec::decode_list_key(key)?;
-            let user = user.to_string();
-            let raw = match at {
-                None => iter.value().map(<[u8]>::to_vec),
-                Some(_) => None,
+        // One user at a time (no list of every user in memory), on the walk's snapshot, which the batches
+        // committed meanwhile do not disturb.
+        self.walk_list_users(cf::USER_POSITIVES, |user, head| {
+            let Some(raw) = head else {
+                return Ok(true);
             };
-            iter.seek(codec::list_end_key(&user));
-            let Some(raw) = raw else {
-                continue;
-            };
-            let head_key = codec::list_head_key(&user);
+            let head_key = codec::list_head_key(user);
             let history = match self
                 .db
                 .get_cf(histories, &head_key)
@@ -531,17 +521,16 @@ impl Store {
             };
             let heads = UserHeads {
                 history,
-                positives: codec::decode_format3_list_head(&raw)?,
+                positives: codec::decode_format3_list_head(raw)?,
             };
-            batch.put_user_heads(&user, &heads)?;
+            batch.put_user_heads(user, &heads)?;
             batch.batch.delete_cf(positives, &head_key);
             users += 1;
             if users % 1_000 == 0 {
                 std::mem::replace(&mut batch, self.batch()).commit()?;
             }
-        }
-        iter.status()
-            .map_err(|e| Error::rocks("scanning format-3 positives", e))?;
+            Ok(true)
+        })?;
         batch.commit()
     }
 
@@ -812,18 +801,37 @@ impl Store {
     /// Users with a list in `family` (user_histories or user_positives), in key order: one seek per user.
     pub fn list_users(&self, family: &str, limit: usize) -> Result<Vec<String>> {
         let mut out = Vec::new();
+        if limit > 0 {
+            self.walk_list_users(family, |user, _| {
+                out.push(user.to_string());
+                Ok(out.len() < limit)
+            })?;
+        }
+        Ok(out)
+    }
+
+    /// Calls `visit(user, head)` for each user with a list in `family`, in key order, while it returns true: one
+    /// seek per user, on the iterator's implicit snapshot. `head` is the value of the user's head key, when
+    /// the family holds one (it sorts before the user's entries).
+    fn walk_list_users(
+        &self,
+        family: &str,
+        mut visit: impl FnMut(&str, Option<&[u8]>) -> Result<bool>,
+    ) -> Result<()> {
         let mut iter = self.db.raw_iterator_cf(self.cf(family)?);
         iter.seek([codec::KEY_V2]);
-        while out.len() < limit && iter.valid() {
+        while iter.valid() {
             let Some(key) = iter.key() else { break };
-            let (user, _) = codec::decode_list_key(key)?;
-            let user = user.to_string();
-            iter.seek(codec::list_end_key(&user));
-            out.push(user);
+            let (user, at) = codec::decode_list_key(key)?;
+            let head = if at.is_none() { iter.value() } else { None };
+            if !visit(user, head)? {
+                return Ok(());
+            }
+            let end = codec::list_end_key(user);
+            iter.seek(end);
         }
         iter.status()
-            .map_err(|e| Error::rocks(format!("scanning {family}"), e))?;
-        Ok(out)
+            .map_err(|e| Error::rocks(format!("scanning {family}"), e))
     }
 
     /// (version, ts, vector) of an item's ID embedding in one space.
