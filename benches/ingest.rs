@@ -9,6 +9,7 @@
 //!
 //! Run: `cargo bench --bench ingest` (release build; needs scripts/setup.sh for the broker).
 //! Sizes: BENCH_KAFKA_EVENTS (default 300000), BENCH_FILE_EVENTS (default 1000000), BENCH_USERS (default 20000).
+//! BENCH_FILE_LOG=off|on replays with the offline log off or on only (default: both, one after the other).
 //! BENCH_STATE_CACHE_MB sets `ingest.state_cache_mb` (default: the configured default); 0 makes every batch read
 //! its users' list heads, item counters and pairs from RocksDB, as a worker does for state it has not seen
 //! recently.
@@ -190,7 +191,12 @@ async fn files(n: usize) {
     let floor_s = t.elapsed().as_secs_f64();
     assert_eq!(parsed, n);
 
-    for log in [false, true] {
+    let logs: &[bool] = match std::env::var("BENCH_FILE_LOG").as_deref() {
+        Ok("off") => &[false],
+        Ok("on") => &[true],
+        _ => &[false, true],
+    };
+    for &log in logs {
         let run_dir = tempfile::tempdir().unwrap();
         let config = Arc::new(bench_config(run_dir.path(), log));
         let store = Arc::new(Store::open(&config.store.path).unwrap());

@@ -446,3 +446,70 @@ async fn a_new_store_refuses_a_log_directory_holding_another_stores_segments() {
     )
     .unwrap();
 }
+
+/// Ingest writes a user's interests mark with their first positive event and then skips it while it knows the
+/// mark is in the store. Once the stream's interest update consumes a mark, the user's next positive event must
+/// mark them again, or their interests would never follow those positives.
+#[tokio::test]
+async fn interests_marks_come_back_once_the_interest_update_consumes_them() {
+    use sailstream::ingest::SourceRecord;
+    use sailstream::jobs::interests::update_pending;
+    use sailstream::store::cf;
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir.path().join("store"), 100);
+    let store = Arc::new(Store::open(&cfg.store.path).unwrap());
+    let dlq = DeadLetterSink::file(dir.path().join("dlq.jsonl"));
+    let mut ingestor = Ingestor::new(store.clone(), Arc::new(cfg.clone()), dlq).unwrap();
+    let mut offset = 0;
+    let mut batch = |events: &[(&str, &str)]| -> Vec<SourceRecord> {
+        events
+            .iter()
+            .map(|(user, action)| {
+                offset += 1;
+                let line = format!(
+                    "{{\"user_id\":\"{user}\",\"item_id\":\"i{offset}\",\"action\":\"{action}\",\"dwell_ms\":0,\"ts\":{}}}",
+                    1_700_000_000_000i64 + offset
+                );
+                SourceRecord {
+                    stream: "sail.behaviours".into(),
+                    partition: 0,
+                    offset,
+                    topic: "sail.behaviours".into(),
+                    key: None,
+                    payload: line.into_bytes(),
+                }
+            })
+            .collect()
+    };
+    let pending = |store: &Store| store.ids(cf::INTERESTS_PENDING, usize::MAX).unwrap();
+
+    let first = batch(&[("u1", "like"), ("u2", "like"), ("u3", "skip")]);
+    ingestor.apply(&first).await.unwrap();
+    assert_eq!(pending(&store), ["u1", "u2"]);
+    // Consumes u1's mark only (the update takes users in key order).
+    assert_eq!(update_pending(&store, &cfg, 1).unwrap(), 1);
+    assert_eq!(pending(&store), ["u2"]);
+
+    let second = batch(&[("u1", "like"), ("u2", "share"), ("u3", "like")]);
+    ingestor.apply(&second).await.unwrap();
+    assert_eq!(pending(&store), ["u1", "u2", "u3"], "u1 is marked again");
+
+    assert_eq!(update_pending(&store, &cfg, 10).unwrap(), 3);
+    let third = batch(&[("u2", "like"), ("u3", "skip"), ("u2", "like")]);
+    ingestor.apply(&third).await.unwrap();
+    assert_eq!(
+        pending(&store),
+        ["u2"],
+        "only a positive event marks a user"
+    );
+
+    // Two updates between batches: the cache hears of both.
+    assert_eq!(update_pending(&store, &cfg, 10).unwrap(), 1);
+    let fourth = batch(&[("u1", "like")]);
+    ingestor.apply(&fourth).await.unwrap();
+    assert_eq!(update_pending(&store, &cfg, 10).unwrap(), 1);
+    let fifth = batch(&[("u1", "like"), ("u2", "like")]);
+    ingestor.apply(&fifth).await.unwrap();
+    assert_eq!(pending(&store), ["u1", "u2"]);
+}

@@ -397,3 +397,69 @@ fn read_only_open_of_a_non_store_says_so() {
     let err = Store::open_read_only(dir.path()).unwrap_err();
     assert!(err.to_string().contains("not a sailstream store"), "{err}");
 }
+
+/// The record of deleted interests marks answers by generation: nothing new, exactly the users of the
+/// generations after the one asked about, or "too many" once the record no longer reaches back that far.
+#[test]
+fn deleted_interests_marks_are_told_by_generation() {
+    use sailstream::store::Unmarked;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let start = store.interests_unmarked_generation();
+    assert_eq!(
+        store.interests_unmarked_since(start),
+        (Unmarked::Nothing, start)
+    );
+    // A batch that deletes no mark is no generation.
+    let mut b = store.batch();
+    b.put_interests_pending("a").unwrap();
+    b.put_interests_pending("b").unwrap();
+    b.commit().unwrap();
+    assert_eq!(store.interests_unmarked_generation(), start);
+
+    let mut b = store.batch();
+    b.delete_interests_pending("a").unwrap();
+    b.commit().unwrap();
+    let mut b = store.batch();
+    b.delete_interests_pending("b").unwrap();
+    b.delete_interests_pending("c").unwrap();
+    b.commit().unwrap();
+    let now = store.interests_unmarked_generation();
+    assert_eq!(now, start + 2);
+    let names = |u: Unmarked| match u {
+        Unmarked::Users(mut users) => {
+            users.sort();
+            users
+        }
+        other => panic!("expected users, got {other:?}"),
+    };
+    assert_eq!(
+        names(store.interests_unmarked_since(start).0),
+        ["a", "b", "c"]
+    );
+    assert_eq!(
+        names(store.interests_unmarked_since(start + 1).0),
+        ["b", "c"]
+    );
+    assert_eq!(
+        store.interests_unmarked_since(now),
+        (Unmarked::Nothing, now)
+    );
+
+    // One batch deleting more marks than the record keeps: the record drops whole generations, so a reader from
+    // before them hears "too many", never a partial list.
+    let mut b = store.batch();
+    for i in 0..70_000 {
+        b.delete_interests_pending(&format!("bulk{i}")).unwrap();
+    }
+    b.commit().unwrap();
+    let (answer, at) = store.interests_unmarked_since(now);
+    assert_eq!((answer, at), (Unmarked::TooMany, now + 1));
+    let mut b = store.batch();
+    b.delete_interests_pending("d").unwrap();
+    b.commit().unwrap();
+    assert_eq!(names(store.interests_unmarked_since(now + 1).0), ["d"]);
+    assert_eq!(store.interests_unmarked_since(now).0, Unmarked::TooMany);
+    assert_eq!(store.interests_unmarked_since(start).0, Unmarked::TooMany);
+}

@@ -1,12 +1,14 @@
 //! Decoded state kept between batches: the heads of per-user lists, the per-item counters and the (item, user)
 //! pairs already in the store, which almost every event reads back. Without it each batch fetches and decodes
 //! them from RocksDB again (memtable skiplist walks, then block lookups), which was most of the replay time in a
-//! profile.
+//! profile. It also knows which users' "interests pending" marks are in the store, so that a backfill does not
+//! rewrite a mark for every positive event.
 //!
 //! A batch copies entries from the cache into its overlay and writes its changes back only after it committed,
 //! so the cache never holds state the store does not: a failed batch leaves the committed values in place.
 //! (An (item, user) pair read from the store goes in at once: it is committed.) The ingest fold is the only
-//! writer of these families, so nothing else can make an entry stale.
+//! writer of these families, so nothing else can make an entry stale. Marks are the exception: the worker's
+//! interest update deletes them, and the ingestor hears of each delete from the store before its next batch.
 
 use std::hash::{BuildHasher, Hasher};
 
@@ -28,11 +30,20 @@ pub(super) struct Key(u128);
 /// its fingerprint): fewer bytes per entry keep more of them in the CPU caches. Each map gets a third of the
 /// budget; see [`GenerationalCache`] for how a map stays within its share.
 pub(super) struct StateCache {
-    users: GenerationalCache<Key, UserHeads>,
+    users: GenerationalCache<Key, CachedUser>,
     stats: GenerationalCache<Key, ItemStats>,
     /// (item, user) pairs the store holds: the user is already counted among the item's distinct users.
     pairs: GenerationalCache<Key, ()>,
     hash_key: (u64, u64),
+    /// A user's mark is known to be in the store while their entry's `marked_in` equals this; bumped to forget
+    /// every mark at once. Starts at 1: an entry whose `marked_in` is 0 has no known mark.
+    mark_epoch: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct CachedUser {
+    heads: UserHeads,
+    marked_in: u64,
 }
 
 /// What an entry is about, as part of its fingerprint, so that equal ids of different kinds never meet.
@@ -55,6 +66,7 @@ impl StateCache {
             stats: GenerationalCache::new(share),
             pairs: GenerationalCache::new(share),
             hash_key: (random(), random()),
+            mark_epoch: 1,
         }
     }
 
@@ -89,13 +101,32 @@ impl StateCache {
         Key(h.finish128().as_u128())
     }
 
-    /// Reads count as uses (see [`GenerationalCache::get`]); writes of entries just read overwrite them in place.
-    pub fn user(&mut self, key: Key) -> Option<UserHeads> {
-        self.users.get(&key)
+    /// The user's heads, and whether their interests mark is known to be in the store. Reads count as uses (see
+    /// [`GenerationalCache::get`]); writes of entries just read overwrite them in place.
+    pub fn user(&mut self, key: Key) -> Option<(UserHeads, bool)> {
+        self.users
+            .get(&key)
+            .map(|u| (u.heads, u.marked_in == self.mark_epoch))
     }
 
-    pub fn set_user(&mut self, key: Key, heads: UserHeads) {
-        self.users.replace(key, heads, 0);
+    /// Call only with state the store holds: committed heads, and `marked` only if the mark is committed.
+    pub fn set_user(&mut self, key: Key, heads: UserHeads, marked: bool) {
+        let marked_in = if marked { self.mark_epoch } else { 0 };
+        self.users.replace(key, CachedUser { heads, marked_in }, 0);
+    }
+
+    /// The user's interests mark was deleted (the interest update consumed it).
+    pub fn forget_mark(&mut self, user_id: &str) {
+        let key = self.user_key(user_id);
+        if let Some(mut user) = self.users.get(&key) {
+            user.marked_in = 0;
+            self.users.replace(key, user, 0);
+        }
+    }
+
+    /// Marks may have been deleted without the cache hearing which: none is known to be there any more.
+    pub fn forget_all_marks(&mut self) {
+        self.mark_epoch += 1;
     }
 
     pub fn stats(&mut self, key: Key) -> Option<ItemStats> {

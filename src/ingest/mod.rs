@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::metrics as m;
 use crate::schema::{self, DeadLetter, InputKind};
-use crate::store::{LogRow, Store};
+use crate::store::{LogRow, Store, Unmarked};
 
 /// One raw record and where it came from.
 #[derive(Debug, Clone, PartialEq)]
@@ -149,6 +149,8 @@ pub struct Ingestor {
     log: Option<LogState>,
     /// Per-user lists and per-item counters from earlier batches (see `cache`).
     cache: cache::StateCache,
+    /// The store's generation of interests-mark deletes that `cache` has heard of.
+    unmarked_seen: u64,
 }
 
 impl Ingestor {
@@ -168,6 +170,8 @@ impl Ingestor {
         };
         Ok(Ingestor {
             cache: cache::StateCache::new(config.ingest.state_cache_mb << 20),
+            // The cache starts empty, so deletes before now do not concern it.
+            unmarked_seen: store.interests_unmarked_generation(),
             positives: Positives::new(&config.positives),
             store,
             config,
@@ -258,6 +262,7 @@ impl Ingestor {
             records: records.len(),
             ..Default::default()
         };
+        self.forget_deleted_marks();
         let mut fold = state::Fold::new(
             &self.store,
             &mut self.cache,
@@ -394,6 +399,22 @@ impl Ingestor {
         metrics::histogram!(m::STORE_BATCH_RECORDS).record(report.records as f64);
         metrics::histogram!(m::STORE_COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
         Ok((report, positions))
+    }
+
+    /// Tells the cache which interests marks the interest update deleted since the last batch, so that ingest
+    /// writes those users' marks again.
+    fn forget_deleted_marks(&mut self) {
+        let (unmarked, generation) = self.store.interests_unmarked_since(self.unmarked_seen);
+        match unmarked {
+            Unmarked::Nothing => {}
+            Unmarked::Users(users) => {
+                for user in users {
+                    self.cache.forget_mark(&user);
+                }
+            }
+            Unmarked::TooMany => self.cache.forget_all_marks(),
+        }
+        self.unmarked_seen = generation;
     }
 
     pub fn store(&self) -> &Arc<Store> {

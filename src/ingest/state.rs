@@ -281,7 +281,8 @@ impl<'a> Fold<'a> {
                 .history
                 .write_entries(batch, cf::USER_HISTORIES, user, &dropped)?;
         }
-        users.retain(|(_, lists)| lists.positives.has_appended());
+        // A user whose mark the cache knows to be in the store needs no second one.
+        users.retain(|(_, lists)| lists.positives.has_appended() && !lists.marked);
         for (user, _) in &users {
             batch.put_interests_pending(user)?;
         }
@@ -303,7 +304,8 @@ impl<'a> Fold<'a> {
             self.cache.add_pair(pair);
         }
         for lists in self.users.into_values() {
-            self.cache.set_user(lists.cache_key, lists.heads());
+            let marked = lists.marked || lists.positives.has_appended();
+            self.cache.set_user(lists.cache_key, lists.heads(), marked);
         }
     }
 }
@@ -320,6 +322,8 @@ struct SourceStats {
 /// Both lists of one user, as a batch changes them.
 struct UserUpdate {
     cache_key: Key,
+    /// The user's interests mark is in the store already (as far as the cache knows).
+    marked: bool,
     history: ListUpdate,
     positives: ListUpdate,
 }
@@ -455,12 +459,13 @@ fn user_update<'m>(
         return Ok(users.get_mut(user).expect("checked above"));
     }
     let cache_key = cache.user_key(user);
-    let heads = match cache.user(cache_key) {
-        Some(heads) => heads,
-        None => store.user_heads(user)?.unwrap_or_default(),
+    let (heads, marked) = match cache.user(cache_key) {
+        Some(cached) => cached,
+        None => (store.user_heads(user)?.unwrap_or_default(), false),
     };
     Ok(users.entry(user.to_string()).or_insert(UserUpdate {
         cache_key,
+        marked,
         history: ListUpdate::new(heads.history),
         positives: ListUpdate::new(heads.positives),
     }))

@@ -7,7 +7,7 @@
 pub mod codec;
 mod view;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
@@ -93,6 +93,35 @@ pub struct Store {
     /// The next item stamp this process writes: starts at a random value, so that stamps from different
     /// processes (and restarts) do not repeat one another.
     next_stamp: AtomicU64,
+    /// The interests marks this process has deleted, for ingest's record of which marks are still there.
+    interests_unmarked: Mutex<UnmarkLog>,
+}
+
+/// Which users' "interests pending" marks ([`cf::INTERESTS_PENDING`]) this process deleted, newest last: ingest
+/// skips rewriting a mark it knows is still in the store (a backfill would otherwise write one for every
+/// positive event), and learns here when one is gone. Each batch that deletes marks is one generation, recorded
+/// as it commits. Only the newest [`UnmarkLog::KEPT`] deletes are kept; a reader that fell further behind is told
+/// to forget everything it knew about marks. This only works because every mark is deleted through
+/// [`StateBatch::delete_interests_pending`], by the one process that may write the store.
+#[derive(Debug, Default)]
+struct UnmarkLog {
+    generation: u64,
+    recent: VecDeque<(u64, String)>,
+}
+
+impl UnmarkLog {
+    const KEPT: usize = 1 << 16;
+}
+
+/// What [`Store::interests_unmarked_since`] answers.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Unmarked {
+    /// Nothing deleted since the generation asked about.
+    Nothing,
+    /// These users' marks were deleted since then (a user may appear more than once).
+    Users(Vec<String>),
+    /// More was deleted than the store kept a record of: no mark is known to be there any more.
+    TooMany,
 }
 
 /// How this process holds the store.
@@ -221,7 +250,38 @@ impl Store {
             catch_up: RwLock::new(()),
             files_at_catch_up: Mutex::new(None),
             next_stamp: AtomicU64::new(random_u64()),
+            interests_unmarked: Mutex::new(UnmarkLog::default()),
         }
+    }
+
+    /// The latest generation of interests-mark deletes (see [`Store::interests_unmarked_since`]).
+    pub fn interests_unmarked_generation(&self) -> u64 {
+        self.unmark_log().generation
+    }
+
+    /// Whose interests marks this process deleted after `generation`, and the generation that answer is
+    /// current as of. Ingest calls it before each batch: a mark it remembers writing is still in the store
+    /// unless it is named here.
+    pub fn interests_unmarked_since(&self, generation: u64) -> (Unmarked, u64) {
+        let log = self.unmark_log();
+        let answer = if log.generation == generation {
+            Unmarked::Nothing
+        } else if log.recent.front().is_none_or(|(g, _)| *g > generation + 1) {
+            // The deletes of a generation between ours and the oldest kept were dropped (or the caller's
+            // generation is from elsewhere).
+            Unmarked::TooMany
+        } else {
+            let newer = log.recent.iter().rev().take_while(|(g, _)| *g > generation);
+            Unmarked::Users(newer.map(|(_, user)| user.clone()).collect())
+        };
+        (answer, log.generation)
+    }
+
+    fn unmark_log(&self) -> std::sync::MutexGuard<'_, UnmarkLog> {
+        // The log holds no invariant a panicking holder could break halfway, so a poisoned lock is still usable.
+        self.interests_unmarked
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Opens (creating if needed) the store for reading and writing. Only one process may hold it.
@@ -575,6 +635,7 @@ impl Store {
             store: self,
             batch: WriteBatch::default(),
             events: 0,
+            unmarked: Vec::new(),
         }
     }
 
@@ -1247,6 +1308,8 @@ pub struct StateBatch<'a> {
     store: &'a Store,
     batch: WriteBatch,
     events: usize,
+    /// Users whose interests marks this batch deletes, recorded in the store's [`UnmarkLog`] at commit.
+    unmarked: Vec<String>,
 }
 
 impl StateBatch<'_> {
@@ -1431,6 +1494,7 @@ impl StateBatch<'_> {
     pub fn delete_interests_pending(&mut self, user_id: &str) -> Result<()> {
         let handle = self.store.cf(cf::INTERESTS_PENDING)?;
         self.batch.delete_cf(handle, codec::id_key(user_id));
+        self.unmarked.push(user_id.to_string());
         Ok(())
     }
 
@@ -1537,6 +1601,22 @@ impl StateBatch<'_> {
     pub fn commit(self) -> Result<()> {
         if self.store.access != Access::Primary {
             return Err(Error::invalid("store", "opened read-only"));
+        }
+        if !self.unmarked.is_empty() {
+            // Recorded before the write: should the write fail, ingest only rewrites marks that are still there,
+            // where recording after it would leave a window in which ingest trusts a mark already deleted.
+            let mut log = self.store.unmark_log();
+            log.generation += 1;
+            let generation = log.generation;
+            log.recent
+                .extend(self.unmarked.into_iter().map(|user| (generation, user)));
+            if log.recent.len() > UnmarkLog::KEPT {
+                // A generation is kept whole or not at all: a partial one would name too few users.
+                let cut = log.recent[log.recent.len() - UnmarkLog::KEPT - 1].0;
+                while log.recent.front().is_some_and(|(g, _)| *g <= cut) {
+                    log.recent.pop_front();
+                }
+            }
         }
         let mut opts = rocksdb::WriteOptions::default();
         opts.set_sync(true);
