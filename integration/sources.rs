@@ -504,7 +504,7 @@ async fn interests_marks_come_back_once_the_interest_update_consumes_them() {
         "only a positive event marks a user"
     );
 
-    // Two updates between batches: the cache hears of both.
+    // Marks consumed in two different generations (u2's before the fourth batch, u1's after it) both count.
     assert_eq!(update_pending(&store, &cfg, 10).unwrap(), 1);
     let fourth = batch(&[("u1", "like")]);
     ingestor.apply(&fourth).await.unwrap();
