@@ -512,4 +512,16 @@ async fn interests_marks_come_back_once_the_interest_update_consumes_them() {
     let fifth = batch(&[("u1", "like"), ("u2", "like")]);
     ingestor.apply(&fifth).await.unwrap();
     assert_eq!(pending(&store), ["u1", "u2"]);
+
+    // More deletes at once than the store keeps a record of: ingest must assume every mark may be gone.
+    let mut bulk = store.batch();
+    for i in 0..70_000 {
+        bulk.delete_interests_pending(&format!("bulk{i}")).unwrap();
+    }
+    bulk.delete_interests_pending("u1").unwrap();
+    bulk.commit().unwrap();
+    assert_eq!(pending(&store), ["u2"]);
+    let sixth = batch(&[("u1", "like")]);
+    ingestor.apply(&sixth).await.unwrap();
+    assert_eq!(pending(&store), ["u1", "u2"], "u1 is marked again");
 }
