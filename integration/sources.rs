@@ -525,3 +525,89 @@ async fn interests_marks_come_back_once_the_interest_update_consumes_them() {
     ingestor.apply(&sixth).await.unwrap();
     assert_eq!(pending(&store), ["u1", "u2"], "u1 is marked again");
 }
+
+/// `Ingestor::run` (what `sailstream replay` calls) commits batches of `ingest.replay_batch_size`, not the
+/// worker's `ingest.batch_size`; inside one large batch the newest item and ID-embedding versions win whatever
+/// their order, and stale ones are counted as such.
+#[tokio::test]
+async fn replay_commits_batches_of_the_replay_size_and_newest_versions_win_within_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let behaviours = dir.path().join("b.jsonl");
+    let evs = events(25);
+    std::fs::write(
+        &behaviours,
+        evs.iter().map(|e| json_line(e) + "\n").collect::<String>(),
+    )
+    .unwrap();
+    // 2,000 items, each in versions 2, 3, 1 (in that order); and an ID embedding per item in versions 5, 4.
+    let (items, ids) = (dir.path().join("items.jsonl"), dir.path().join("ids.jsonl"));
+    let (mut item_lines, mut id_lines) = (String::new(), String::new());
+    for version in [2, 3, 1] {
+        for i in 0..2_000 {
+            let v = serde_json::json!({"item_id": format!("i{i}"), "title": format!("v{version}"),
+                "created_at": 1_700_000_000_000i64, "version": version});
+            item_lines += &(v.to_string() + "\n");
+        }
+    }
+    for version in [5, 4] {
+        for i in 0..2_000 {
+            let v = serde_json::json!({"item_id": format!("i{i}"), "space": "gid",
+                "vector": vec![version as f32; 64], "version": version, "ts": 1_700_000_000_000i64});
+            id_lines += &(v.to_string() + "\n");
+        }
+    }
+    std::fs::write(&items, item_lines).unwrap();
+    std::fs::write(&ids, id_lines).unwrap();
+
+    let mut cfg = config(&dir.path().join("store"), 1_000);
+    cfg.ingest.replay_batch_size = 10;
+    let input = |path: &Path, topic: &str| FileInput {
+        path: path.to_path_buf(),
+        topic: topic.into(),
+        format: FileFormat::Jsonl,
+    };
+    let run = |cfg: Config, inputs: Vec<FileInput>| async move {
+        let mut ingestor = Ingestor::new(
+            Arc::new(Store::open(&cfg.store.path).unwrap()),
+            Arc::new(cfg.clone()),
+            DeadLetterSink::file(cfg.store.path.with_extension("dlq.jsonl")),
+        )
+        .unwrap();
+        let mut source = FileSource::open(&inputs, &HashMap::new()).unwrap();
+        let mut sizes = Vec::new();
+        let total = ingestor
+            .run(&mut source, std::future::pending::<()>(), |r| {
+                sizes.push(r.records)
+            })
+            .await
+            .unwrap();
+        (sizes, total)
+    };
+    let (sizes, total) = run(cfg.clone(), vec![input(&behaviours, "sail.behaviours")]).await;
+    assert_eq!(sizes, [10, 10, 5], "batches of ingest.replay_batch_size");
+    assert_eq!(total.applied, 25);
+    assert_eq!(stats(&cfg.store.path), reference(&evs));
+
+    // All 10,000 item and ID-embedding records in one batch.
+    cfg.ingest.replay_batch_size = 100_000;
+    let (sizes, total) = run(
+        cfg.clone(),
+        vec![
+            input(&items, "sail.items"),
+            input(&ids, "sail.id_embeddings"),
+        ],
+    )
+    .await;
+    assert_eq!(sizes, [10_000]);
+    assert_eq!((total.applied, total.stale_items), (6_000, 4_000));
+    let store = Store::open_read_only(&cfg.store.path).unwrap();
+    for i in [0, 999, 1_999] {
+        let item = store.item(&format!("i{i}")).unwrap().unwrap();
+        assert_eq!((item.version, item.title.as_deref()), (3, Some("v3")));
+        let (version, _, vector) = store
+            .id_embedding(&format!("i{i}"), "gid")
+            .unwrap()
+            .unwrap();
+        assert_eq!((version, vector[0]), (5, 5.0));
+    }
+}

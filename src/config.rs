@@ -149,6 +149,7 @@ pub struct FileInput {
 pub struct IngestConfig {
     pub batch_size: usize,
     pub linger_ms: u64,
+    pub replay_batch_size: usize,
     pub state_cache_mb: usize,
     #[serde(default)]
     pub files: Vec<FileInput>,
@@ -335,6 +336,12 @@ impl Config {
             1_000_000,
         )?;
         range("ingest.linger_ms", self.ingest.linger_ms, 0, 60_000)?;
+        range(
+            "ingest.replay_batch_size",
+            size(self.ingest.replay_batch_size),
+            1,
+            1_000_000,
+        )?;
         range(
             "ingest.state_cache_mb",
             size(self.ingest.state_cache_mb),

@@ -221,14 +221,15 @@ impl Ingestor {
         Ok(finished)
     }
 
-    /// Reads the source until it is exhausted (files) or `stop` resolves (Kafka), committing batch by batch.
+    /// Replays the source until it is exhausted or `stop` resolves, committing batch by batch, in batches of
+    /// `ingest.replay_batch_size` (the Kafka worker has a loop of its own, with `ingest.batch_size`).
     pub async fn run<S: Source>(
         &mut self,
         source: &mut S,
         mut stop: impl std::future::Future<Output = ()> + Unpin,
         mut on_batch: impl FnMut(&BatchReport),
     ) -> Result<BatchReport> {
-        let max = self.config.ingest.batch_size;
+        let max = self.config.ingest.replay_batch_size;
         let linger = Duration::from_millis(self.config.ingest.linger_ms);
         let mut total = BatchReport::default();
         loop {
