@@ -23,11 +23,17 @@ use super::{Source, SourceRecord};
 use crate::config::{FileFormat, FileInput};
 use crate::error::{Error, Result};
 
+/// Record bytes at which a batch ends even if it holds fewer than `max` records. Replay batches are large
+/// (`ingest.replay_batch_size`), and records may be up to `limits.max_record_bytes` (items with inline media), so
+/// the count alone does not bound a batch's memory.
+pub const DEFAULT_BATCH_BYTES: usize = 64 << 20;
+
 pub struct FileSource {
     inputs: Vec<Input>,
     current: usize,
     bytes_total: u64,
     bytes_done: Arc<AtomicU64>,
+    batch_bytes: usize,
 }
 
 struct Input {
@@ -102,7 +108,15 @@ impl FileSource {
             current: 0,
             bytes_total,
             bytes_done: Arc::new(AtomicU64::new(0)),
+            batch_bytes: DEFAULT_BATCH_BYTES,
         })
+    }
+
+    /// Ends each batch once its records' payloads reach `bytes` (at least one record per batch); the default is
+    /// [`DEFAULT_BATCH_BYTES`].
+    pub fn with_batch_bytes(mut self, bytes: usize) -> FileSource {
+        self.batch_bytes = bytes;
+        self
     }
 
     /// (bytes done, bytes total) across all files, for progress bars (Parquet progress is estimated from rows).
@@ -285,9 +299,13 @@ impl Source for FileSource {
         _linger: Duration,
     ) -> Result<Option<Vec<SourceRecord>>> {
         let mut out = Vec::with_capacity(max.min(65_536));
-        while out.len() < max {
+        let mut bytes = 0;
+        while out.len() < max && bytes < self.batch_bytes {
             match self.next_record()? {
-                Some(r) => out.push(r),
+                Some(r) => {
+                    bytes += r.payload.len();
+                    out.push(r);
+                }
                 None => break,
             }
         }
@@ -297,5 +315,45 @@ impl Source for FileSource {
 
     fn committed(&mut self, _positions: &[(String, i32, i64)]) -> Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_batch_ends_at_its_byte_budget_as_well_as_its_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("items.jsonl");
+        let line = format!(
+            "{{\"item_id\":\"i\",\"title\":\"{}\"}}\n",
+            "x".repeat(1_000)
+        );
+        std::fs::write(&path, line.repeat(10)).unwrap();
+        let inputs = [FileInput {
+            path,
+            topic: "sail.items".into(),
+            format: FileFormat::Jsonl,
+        }];
+        let open = || FileSource::open(&inputs, &HashMap::new()).unwrap();
+        let mut source = open().with_batch_bytes(2_500);
+        let mut sizes = Vec::new();
+        while let Some(batch) = source.poll_batch(100, Duration::ZERO).await.unwrap() {
+            sizes.push(batch.len());
+        }
+        assert_eq!(sizes, [3, 3, 3, 1], "three ~1 KB records reach 2,500 bytes");
+
+        // A record larger than the budget still makes a batch of its own; the count still applies.
+        let first_batch = |mut source: FileSource, max| async move {
+            source
+                .poll_batch(max, Duration::ZERO)
+                .await
+                .unwrap()
+                .unwrap()
+                .len()
+        };
+        assert_eq!(first_batch(open().with_batch_bytes(10), 100).await, 1);
+        assert_eq!(first_batch(open(), 4).await, 4);
     }
 }
