@@ -151,6 +151,8 @@ pub struct Ingestor {
     cache: cache::StateCache,
     /// The store's generation of interests-mark deletes that `cache` has heard of.
     unmarked_seen: u64,
+    /// What the last batch's fold held, to size the next one's maps.
+    fold_sizes: Option<state::FoldSizes>,
 }
 
 impl Ingestor {
@@ -172,6 +174,7 @@ impl Ingestor {
             cache: cache::StateCache::new(config.ingest.state_cache_mb << 20),
             // The cache starts empty, so deletes before now do not concern it.
             unmarked_seen: store.interests_unmarked_generation(),
+            fold_sizes: None,
             positives: Positives::new(&config.positives),
             store,
             config,
@@ -270,6 +273,7 @@ impl Ingestor {
             &self.config,
             &self.positives,
             records.len(),
+            self.fold_sizes,
         );
         let mut dead = Vec::new();
         // (stream, partition, next offset) of every partition in the batch: a handful, so a list beats a map
@@ -366,7 +370,9 @@ impl Ingestor {
         }
         batch.add_events(report.records);
         batch.commit()?;
+        let sizes = fold.sizes();
         fold.committed();
+        self.fold_sizes = Some(sizes);
         self.next.extend(
             positions
                 .iter()

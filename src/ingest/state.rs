@@ -86,17 +86,31 @@ pub(super) struct Fold<'a> {
     id_embeddings: HashMap<(String, String), (Option<u64>, Option<IdEmbedding>)>,
 }
 
+/// How many users and items a batch's fold held, to size the next one's maps.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct FoldSizes {
+    users: usize,
+    items: usize,
+}
+
 impl<'a> Fold<'a> {
-    /// A fold for a batch of up to `events` events: the per-user and per-item maps are sized for that many at
-    /// once, instead of doubling and rehashing several times in every batch, on fresh pages each time (replay
-    /// +7-10% in paired runs, BENCHMARKS.md).
+    /// A fold for a batch of up to `events` events. The per-user and per-item maps are sized at once, instead of
+    /// doubling and rehashing several times in every batch, on fresh pages each time (replay +7-10% in paired
+    /// runs, BENCHMARKS.md): for as many users and items as the previous batch held (`last`) and a quarter more,
+    /// or else for `events`. A replay batch of 100,000 events over 20,000 users would otherwise allocate a 35 MB
+    /// map for users that fill a fifth of it (the bench's peak memory: 418 -> 389 MB).
     pub fn new(
         store: &'a Store,
         cache: &'a mut StateCache,
         config: &Config,
         positives: &'a Positives,
         events: usize,
+        last: Option<FoldSizes>,
     ) -> Fold<'a> {
+        let size = |held: fn(FoldSizes) -> usize| match last {
+            Some(last) => (held(last) + held(last) / 4).min(events),
+            None => events,
+        };
         Fold {
             store,
             cache,
@@ -104,10 +118,10 @@ impl<'a> Fold<'a> {
             positives_cap: config.store.positives_cap,
             positives,
             items: HashMap::default(),
-            stats: HashMap::with_capacity_and_hasher(events, Default::default()),
+            stats: HashMap::with_capacity_and_hasher(size(|s| s.items), Default::default()),
             streams: Vec::new(),
             new_item_users: HashMap::default(),
-            users: HashMap::with_capacity_and_hasher(events, Default::default()),
+            users: HashMap::with_capacity_and_hasher(size(|s| s.users), Default::default()),
             id_embeddings: HashMap::default(),
         }
     }
@@ -295,6 +309,13 @@ impl<'a> Fold<'a> {
             batch.put_id_embedding(e)?;
         }
         Ok(())
+    }
+
+    pub fn sizes(&self) -> FoldSizes {
+        FoldSizes {
+            users: self.users.len(),
+            items: self.stats.len(),
+        }
     }
 
     /// Hands the batch's lists and counters to the cache for the next batches. Call only once the batch is
