@@ -208,6 +208,48 @@ async fn resumes_from_store_even_when_the_group_never_committed() {
     assert_eq!(store.offset("sail.behaviours", 0).unwrap(), Some(100));
 }
 
+/// A worker batch ends at `max` records or once its payloads reach the source's byte budget, whichever comes
+/// first: records may be up to `limits.max_record_bytes`, so a count alone does not bound a batch's memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_batch_ends_at_its_byte_budget() {
+    let broker = Broker::start();
+    broker.create_topics(&[("sail.behaviours", 1)]).await;
+    let producer = broker.producer();
+    let records: Vec<_> = (0..10)
+        .map(|i| (format!("u{i}"), vec![b'x'; 1_000]))
+        .collect();
+    broker
+        .produce(&producer, "sail.behaviours", Some(0), &records)
+        .await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_for(&broker, "budget", &dir.path().join("store"));
+    let store = Arc::new(Store::open(&config.store.path).unwrap());
+    let mut source =
+        KafkaSource::subscribe(&config.kafka, &["sail.behaviours"], lookup(&store), 1000)
+            .unwrap()
+            .with_batch_bytes(2_500);
+    let (mut sizes, deadline) = (
+        Vec::new(),
+        tokio::time::Instant::now() + Duration::from_secs(60),
+    );
+    while sizes.iter().sum::<usize>() < 10 && tokio::time::Instant::now() < deadline {
+        let batch =
+            sailstream::ingest::Source::poll_batch(&mut source, 100, Duration::from_secs(2))
+                .await
+                .unwrap()
+                .unwrap();
+        if !batch.is_empty() {
+            sizes.push(batch.len());
+        }
+    }
+    assert_eq!(sizes.iter().sum::<usize>(), 10, "{sizes:?}");
+    assert!(
+        sizes.iter().all(|n| *n <= 3) && sizes.contains(&3),
+        "three 1,000-byte records reach 2,500 bytes: {sizes:?}"
+    );
+}
+
 /// `demo --events DIR --kafka BROKERS`: the dumps go through a real broker and the streaming worker, and a rerun
 /// does not produce them twice.
 #[test]

@@ -19,14 +19,9 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::DataType;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 
-use super::{Source, SourceRecord};
+use super::{DEFAULT_BATCH_BYTES, Source, SourceRecord};
 use crate::config::{FileFormat, FileInput};
 use crate::error::{Error, Result};
-
-/// Record bytes at which a batch ends even if it holds fewer than `max` records. Replay batches are large
-/// (`ingest.replay_batch_size`), and records may be up to `limits.max_record_bytes` (items with inline media), so
-/// the count alone does not bound a batch's memory.
-pub const DEFAULT_BATCH_BYTES: usize = 64 << 20;
 
 pub struct FileSource {
     inputs: Vec<Input>,

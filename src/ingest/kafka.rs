@@ -23,7 +23,7 @@ use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 
-use super::{Source, SourceRecord};
+use super::{DEFAULT_BATCH_BYTES, Source, SourceRecord};
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::metrics as m;
@@ -127,6 +127,7 @@ pub struct KafkaSource {
     consumer: StreamConsumer<ResumeContext>,
     /// Manual assignment only: the topics, the partitions assigned so far, and when metadata was last read.
     manual: Option<ManualAssignment>,
+    batch_bytes: usize,
 }
 
 struct ManualAssignment {
@@ -155,6 +156,7 @@ impl KafkaSource {
                 next_refresh: Instant::now(),
                 backoff: Duration::from_millis(100),
             }),
+            batch_bytes: DEFAULT_BATCH_BYTES,
         })
     }
 
@@ -172,7 +174,15 @@ impl KafkaSource {
         Ok(KafkaSource {
             consumer,
             manual: None,
+            batch_bytes: DEFAULT_BATCH_BYTES,
         })
+    }
+
+    /// Ends each batch once its records' payloads reach `bytes` (at least one record per batch); the default is
+    /// [`DEFAULT_BATCH_BYTES`].
+    pub fn with_batch_bytes(mut self, bytes: usize) -> KafkaSource {
+        self.batch_bytes = bytes;
+        self
     }
 
     fn new_consumer(
@@ -268,7 +278,8 @@ impl Source for KafkaSource {
         let mut out = Vec::new();
         // Wait up to `linger` for the first record, then until the batch is full or `linger` has passed.
         let deadline = tokio::time::Instant::now() + linger;
-        while out.len() < max {
+        let mut bytes = 0;
+        while out.len() < max && bytes < self.batch_bytes {
             let msg = match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
                 Err(_) => break,
                 Ok(Err(e)) => {
@@ -281,6 +292,7 @@ impl Source for KafkaSource {
                 }
                 Ok(Ok(msg)) => msg,
             };
+            bytes += msg.payload_len();
             out.push(SourceRecord {
                 stream: msg.topic().to_string(),
                 partition: msg.partition(),

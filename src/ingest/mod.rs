@@ -39,9 +39,15 @@ pub struct SourceRecord {
     pub payload: Vec<u8>,
 }
 
+/// Payload bytes at which a source ends a batch even if it holds fewer than `max` records (at least one record per
+/// batch). Records may be up to `limits.max_record_bytes` (items with inline media), so a count alone does not
+/// bound a batch's memory: 2,000 such records in a worker batch, or 100,000 in a replay batch, could be gigabytes.
+pub const DEFAULT_BATCH_BYTES: usize = 64 << 20;
+
 /// Where records come from. Implementations resume from the positions stored with the state.
 pub trait Source {
-    /// Up to `max` records. Waits at most `linger` for the batch to fill once it has started. `Ok(None)` means
+    /// Up to `max` records, fewer once their payloads reach the source's byte budget ([`DEFAULT_BATCH_BYTES`]
+    /// unless set otherwise). Waits at most `linger` for the batch to fill once it has started. `Ok(None)` means
     /// the source is exhausted (file replay); `Ok(Some(empty))` means nothing arrived in time.
     fn poll_batch(
         &mut self,
