@@ -97,7 +97,7 @@ impl<'a> Fold<'a> {
     /// A fold for a batch of up to `events` events. The per-user and per-item maps are sized at once, instead of
     /// doubling and rehashing several times in every batch, on fresh pages each time (replay +7-10% in paired
     /// runs, BENCHMARKS.md): for as many users and items as the previous batch held (`last`) and a quarter more,
-    /// or else for `events`. A replay batch of 100,000 events over 20,000 users would otherwise allocate a 35 MB
+    /// or else (first batch) for `events`, never for more than `events`. A replay batch of 100,000 events over 20,000 users would otherwise allocate a 35 MB
     /// map for users that fill a fifth of it (the bench's peak memory: 418 -> 389 MB).
     pub fn new(
         store: &'a Store,
@@ -108,7 +108,8 @@ impl<'a> Fold<'a> {
         last: Option<FoldSizes>,
     ) -> Fold<'a> {
         let size = |held: fn(FoldSizes) -> usize| match last {
-            Some(last) => (held(last) + held(last) / 4).min(events),
+            // At least 1,024: after a quiet spell's small batch a worker's next one may be full again.
+            Some(last) => (held(last) + held(last) / 4).max(1_024).min(events),
             None => events,
         };
         Fold {
