@@ -601,7 +601,11 @@ async fn replay_commits_batches_of_the_replay_size_and_newest_versions_win_withi
     assert_eq!(sizes, [10_000]);
     assert_eq!((total.applied, total.stale_items), (6_000, 4_000));
     let store = Store::open_read_only(&cfg.store.path).unwrap();
-    for i in [0, 999, 1_999] {
+    // One embedding job per item, for its newest version only.
+    let pending = store.embed_pending(usize::MAX).unwrap();
+    assert_eq!(pending.len(), 2_000);
+    assert!(pending.iter().all(|(_, version)| *version == 3));
+    for i in 0..2_000 {
         let item = store.item(&format!("i{i}")).unwrap().unwrap();
         assert_eq!((item.version, item.title.as_deref()), (3, Some("v3")));
         let (version, _, vector) = store
